@@ -1,0 +1,112 @@
+"""`partner-gateway serve | migrate`: the entry points of the contract."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from types import FrameType
+
+from partner_gateway.config import ConfigError, Settings, load_settings
+from partner_gateway.logs import configure_logging, get_logger, redactor
+
+logger = get_logger("partner_gateway.cli")
+
+
+def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
+    # uvicorn re-raises SIGTERM after its graceful shutdown; exiting through SystemExit runs
+    # every `finally`, so local mode's embedded PostgreSQL is stopped too.
+    raise SystemExit(0)
+
+
+@contextmanager
+def database(settings: Settings) -> Iterator[Settings]:
+    """Settings bound to a database: DATABASE_URL, or local mode's embedded server, migrated."""
+    if not settings.local_mode:
+        yield settings
+        return
+    from partner_gateway.embedded import embedded_postgres
+    from partner_gateway.schema import upgrade
+
+    with embedded_postgres(settings.data_dir) as url:
+        logger.info("embedded postgresql started", data_dir=str(settings.data_dir))
+        upgrade(url)
+        yield settings.model_copy(update={"database_url": url})
+
+
+def _announce(generated: dict[str, str], host: str, port: int) -> None:
+    lines = [f"  {name}={value}" for name, value in generated.items() if name.endswith("_API_KEYS")]
+    if not lines:
+        return
+    print(  # noqa: T201  (the contract's one exception: local keys are shown once at start-up)
+        "partner-gateway local mode: generated keys (kept in DATA_DIR/local-secrets.json):",
+        *lines,
+        f"  try: curl -X POST http://{host}:{port}/betlink/session "
+        f"-H 'Authorization: Bearer {generated.get('GATEWAY_API_KEYS', '<key>')}' -H 'X-User-Id: u1'",
+        sep="\n",
+        flush=True,
+    )
+
+
+def serve(settings: Settings, generated: dict[str, str], *, host: str, port: int) -> None:
+    import uvicorn
+
+    from partner_gateway.app import create_app
+
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    with database(settings) as bound:
+        _announce(generated, host, port)
+        uvicorn.run(
+            create_app(bound),
+            host=host,
+            port=port,
+            log_config=None,
+            access_log=False,
+            timeout_graceful_shutdown=10,
+            server_header=False,
+        )
+
+
+def migrate(settings: Settings) -> None:
+    from partner_gateway.schema import upgrade
+
+    with database(settings) as bound:
+        if not settings.local_mode:
+            assert bound.database_url is not None
+            upgrade(bound.database_url)
+    logger.info("migrations applied")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="partner-gateway", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_cmd = commands.add_parser("serve", help="run the HTTP API")
+    serve_cmd.add_argument("--host", default="127.0.0.1")
+    serve_cmd.add_argument("--port", type=int, default=8000)
+    commands.add_parser("migrate", help="apply database migrations")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _parser().parse_args(argv)
+    try:
+        settings, generated = load_settings()
+    except ConfigError as exc:
+        print(f"partner-gateway: configuration error: {exc}", file=sys.stderr)  # noqa: T201
+        raise SystemExit(2) from None
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    redactor.register(_secret_values(settings))
+    if args.command == "serve":
+        serve(settings, generated, host=args.host, port=args.port)
+    elif args.command == "migrate":
+        migrate(settings)
+
+
+def _secret_values(settings: Settings) -> list[str]:
+    keys = [*settings.gateway_api_keys, *settings.betlink_api_keys, *settings.data_encryption_key]
+    keys += settings.betlink_user_id_key
+    if settings.bidpaw_secret_key is not None:
+        keys.append(settings.bidpaw_secret_key)
+    return [key.get_secret_value() for key in keys]

@@ -1,0 +1,200 @@
+"""Settings: every environment variable of the contract, validated once at start-up.
+
+Local mode (no `DATABASE_URL`) fills the secrets an operator would otherwise supply with values
+generated once into `DATA_DIR`, so a newcomer can run the service with one command.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import os
+import secrets
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+LOCAL_SECRETS_FILE = "local-secrets.json"
+LOCAL_OPERATOR_ID = "local-operator"
+LOCAL_REDIRECT_URL = "http://localhost:8000/"
+
+SecretList = Annotated[list[SecretStr], NoDecode]
+
+
+class ConfigError(Exception):
+    """A setting is missing or malformed; the message names the variable and never its value."""
+
+
+def _split(value: Any) -> Any:
+    if isinstance(value, str):
+        return [SecretStr(part.strip()) for part in value.split(",") if part.strip()]
+    return value
+
+
+def _decode_keys(keys: list[SecretStr], *, size: int) -> list[bytes]:
+    decoded = []
+    for key in keys:
+        try:
+            raw = base64.b64decode(key.get_secret_value(), altchars=b"-_", validate=False)
+        except (binascii.Error, ValueError) as exc:
+            raise ValueError(f"each key must be base64 of {size} bytes") from exc
+        if len(raw) != size:
+            raise ValueError(f"each key must be base64 of {size} bytes")
+        decoded.append(raw)
+    return decoded
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    database_url: str | None = None
+    data_dir: Path = Path(".data")
+
+    gateway_api_keys: SecretList = Field(default_factory=list)
+    betlink_api_keys: SecretList = Field(default_factory=list)
+    betlink_operator_id: str | None = None
+    betlink_redirect_url: str | None = None
+    betlink_user_id_key: SecretList = Field(default_factory=list)
+    betlink_launch_token_ttl_seconds: int = Field(10, gt=0)
+    betlink_session_ttl_seconds: int = Field(1800, gt=0)
+
+    data_encryption_key: SecretList = Field(default_factory=list)
+    idempotency_ttl_seconds: int = Field(86400, gt=0)
+
+    db_timeout_seconds: float = Field(5.0, gt=0)
+    db_pool_size: int = Field(10, ge=1)
+    db_max_overflow: int = Field(10, ge=0)
+    db_pool_pre_ping: bool = True
+
+    bidpaw_api_url: str | None = None
+    bidpaw_client_id: str | None = None
+    bidpaw_secret_key: SecretStr | None = None
+    bidpaw_timeout_seconds: float = Field(5.0, gt=0)
+
+    max_body_bytes: int = Field(65536, ge=1024)
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator(
+        "gateway_api_keys", "betlink_api_keys", "betlink_user_id_key", "data_encryption_key", mode="before"
+    )
+    @classmethod
+    def _comma_separated(cls, value: Any) -> Any:
+        return _split(value)
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _asyncpg_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("must start with postgresql+asyncpg://")
+        return value
+
+    @field_validator("betlink_user_id_key")
+    @classmethod
+    def _siv_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        _decode_keys(value, size=64)
+        return value
+
+    @field_validator("data_encryption_key")
+    @classmethod
+    def _gcm_keys(cls, value: list[SecretStr]) -> list[SecretStr]:
+        _decode_keys(value, size=32)
+        return value
+
+    @field_validator("bidpaw_api_url", "betlink_redirect_url")
+    @classmethod
+    def _http_url(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+    @property
+    def local_mode(self) -> bool:
+        return self.database_url is None
+
+    @property
+    def bidpaw_configured(self) -> bool:
+        return bool(self.bidpaw_api_url and self.bidpaw_client_id and self.bidpaw_secret_key)
+
+    @property
+    def user_id_keys(self) -> list[bytes]:
+        return _decode_keys(self.betlink_user_id_key, size=64)
+
+    @property
+    def encryption_keys(self) -> list[bytes]:
+        return _decode_keys(self.data_encryption_key, size=32)
+
+    def require_complete(self) -> None:
+        """Raise ConfigError naming the first required variable that is still missing."""
+        required = {
+            "GATEWAY_API_KEYS": self.gateway_api_keys,
+            "BETLINK_API_KEYS": self.betlink_api_keys,
+            "BETLINK_OPERATOR_ID": self.betlink_operator_id,
+            "BETLINK_REDIRECT_URL": self.betlink_redirect_url,
+            "DATA_ENCRYPTION_KEY": self.data_encryption_key,
+        }
+        for name, value in required.items():
+            if not value:
+                raise ConfigError(f"{name} is required (see .env.example)")
+
+
+def _generate_local_secrets(path: Path) -> dict[str, str]:
+    """Create the local-mode secrets file once (0600) and return what it holds."""
+    if path.exists():
+        loaded: dict[str, str] = json.loads(path.read_text())
+        return loaded
+    values = {
+        "GATEWAY_API_KEYS": "gw_" + secrets.token_urlsafe(32),
+        "BETLINK_API_KEYS": "bl_" + secrets.token_urlsafe(32),
+        "DATA_ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as file:
+        json.dump(values, file)
+    return values
+
+
+def with_local_defaults(settings: Settings) -> tuple[Settings, dict[str, str]]:
+    """Fill what local mode may generate; return the settings and the generated values used."""
+    generated = _generate_local_secrets(settings.data_dir / LOCAL_SECRETS_FILE)
+    update: dict[str, Any] = {}
+    used: dict[str, str] = {}
+    for name, value in generated.items():
+        field = name.lower()
+        if not getattr(settings, field):
+            update[field] = _split(value)
+            used[name] = value
+    if settings.betlink_operator_id is None:
+        update["betlink_operator_id"] = LOCAL_OPERATOR_ID
+    if settings.betlink_redirect_url is None:
+        update["betlink_redirect_url"] = LOCAL_REDIRECT_URL
+    return settings.model_copy(update=update), used
+
+
+def describe(error: ValidationError) -> str:
+    """One line naming the variable and the rule, without echoing the (possibly secret) input."""
+    first = error.errors()[0]
+    name = str(first["loc"][0]).upper() if first["loc"] else "settings"
+    return f"{name}: {first['msg']}"
+
+
+def load_settings() -> tuple[Settings, dict[str, str]]:
+    """Read, complete and validate the settings; ConfigError carries the one line to print."""
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        raise ConfigError(describe(exc)) from None
+    generated: dict[str, str] = {}
+    if settings.local_mode:
+        settings, generated = with_local_defaults(settings)
+    settings.require_complete()
+    return settings, generated

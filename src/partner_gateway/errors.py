@@ -1,0 +1,181 @@
+"""Typed service errors and their two renderings.
+
+Every route answers RFC 9457 problem+json, except BetLink's Auth endpoint, which answers
+BetLink's own `{"status": "FAILED_AUTHENTICATION", "errorCode", "errorMessage"}`.
+"""
+
+from __future__ import annotations
+
+import logging
+from http import HTTPStatus
+from typing import Any, ClassVar
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
+from sqlalchemy.exc import TimeoutError as PoolTimeoutError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+logger = logging.getLogger(__name__)
+
+AUTHENTICATE_PATH = "/betlink/authenticate"
+PROBLEM_JSON = "application/problem+json"
+
+
+class ServiceError(Exception):
+    status: ClassVar[int] = 500
+    title: ClassVar[str] = "Internal Server Error"
+    betlink_code: ClassVar[str] = "GENERAL_EXCEPTION"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class BadRequest(ServiceError):
+    status = 400
+    title = "Bad Request"
+    betlink_code = "MISSING_PARAMETER"
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    title = "Unauthorized"
+
+
+class Forbidden(ServiceError):
+    status = 403
+    title = "Forbidden"
+
+
+class PlayerBlocked(Forbidden):
+    title = "Player blocked"
+
+
+class ServiceUnavailable(ServiceError):
+    status = 503
+    title = "Service Unavailable"
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    title = "Database unavailable"
+    betlink_code = "REQUEST_TIMED_OUT"
+
+
+class BadGateway(ServiceError):
+    status = 502
+    title = "Bad Gateway"
+
+
+class GatewayTimeout(ServiceError):
+    status = 504
+    title = "Gateway Timeout"
+
+
+class BetLinkError(ServiceError):
+    """An answer of BetLink's error table; the HTTP status follows from the code."""
+
+    STATUS_BY_CODE: ClassVar[dict[str, int]] = {
+        "INVALID_USER": 400,
+        "USER_BLOCKED": 400,
+        "MISSING_PARAMETER": 400,
+        "INVALID_SESSION": 401,
+        "AUTHENTICATION_FAILED": 403,
+        "GENERAL_EXCEPTION": 500,
+        "REQUEST_TIMED_OUT": 503,
+    }
+
+    def __init__(self, code: str, detail: str) -> None:
+        super().__init__(detail)
+        self.code = code
+
+    @property
+    def http_status(self) -> int:
+        return self.STATUS_BY_CODE[self.code]
+
+
+# SQLSTATEs that mean "the database did not answer in time" rather than "our bug".
+_TIMEOUT_SQLSTATES = {"55P03", "57014", "57P01", "57P02", "57P03", "53300", "08000", "08003", "08006"}
+
+
+def is_database_unavailable(exc: BaseException) -> bool:
+    """Pool exhaustion, connect failures, lock/statement timeouts, dropped connections."""
+    if isinstance(exc, PoolTimeoutError | TimeoutError | OSError):
+        return True
+    if isinstance(exc, DBAPIError):
+        if exc.connection_invalidated:
+            return True
+        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
+        if sqlstate in _TIMEOUT_SQLSTATES:
+            return True
+        return is_database_unavailable(exc.orig) if isinstance(exc.orig, BaseException) else False
+    cause = exc.__cause__
+    return isinstance(cause, BaseException) and is_database_unavailable(cause)
+
+
+def problem(status: int, detail: str, *, title: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+    phrase = title or HTTPStatus(status).phrase
+    body = {"type": "about:blank", "title": phrase, "status": status, "detail": detail}
+    return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)
+
+
+def betlink_failure(code: str, message: str) -> JSONResponse:
+    body = {"status": "FAILED_AUTHENTICATION", "errorCode": code, "errorMessage": message}
+    return JSONResponse(body, status_code=BetLinkError.STATUS_BY_CODE[code])
+
+
+def _is_authenticate(request: Request) -> bool:
+    return request.url.path == AUTHENTICATE_PATH and request.method == "POST"
+
+
+def render(request: Request, error: ServiceError) -> JSONResponse:
+    if _is_authenticate(request):
+        code = error.code if isinstance(error, BetLinkError) else error.betlink_code
+        return betlink_failure(code, error.detail)
+    return problem(error.status, error.detail, title=error.title)
+
+
+async def _service_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, ServiceError)
+    return render(request, exc)
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    headers = dict(exc.headers) if exc.headers else None
+    detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
+    return problem(exc.status_code, detail, headers=headers)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    return render(request, BadRequest(_describe_validation(exc)))
+
+
+def _describe_validation(exc: RequestValidationError) -> str:
+    first: dict[str, Any] = exc.errors()[0] if exc.errors() else {}
+    where = ".".join(str(part) for part in first.get("loc", ()))
+    return f"{where}: {first.get('msg', 'invalid request')}" if where else "invalid request"
+
+
+async def _database_error(request: Request, exc: Exception) -> JSONResponse:
+    if is_database_unavailable(exc):
+        logger.warning("database unavailable: %s", type(exc).__name__)
+        return render(request, DatabaseUnavailable("the database did not answer in time; retry"))
+    return await _unexpected(request, exc)
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    logger.error("unexpected error: %s", type(exc).__name__, exc_info=exc)
+    return render(request, ServiceError("unexpected error"))
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(ServiceError, _service_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(SQLAlchemyError, _database_error)
+    app.add_exception_handler(OSError, _database_error)
+    app.add_exception_handler(TimeoutError, _database_error)
+    app.add_exception_handler(Exception, _unexpected)

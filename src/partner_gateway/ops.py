@@ -1,0 +1,43 @@
+"""Routes for operators and probes: liveness, readiness."""
+
+from __future__ import annotations
+
+import asyncio
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from partner_gateway import store
+from partner_gateway.errors import is_database_unavailable, problem
+from partner_gateway.openapi import problem_responses
+from partner_gateway.schema import head_revision
+
+router = APIRouter(tags=["operations"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    """200 while the process runs."""
+    return {"status": "ok"}
+
+
+@router.get("/readyz", responses=problem_responses(503))
+async def readyz(request: Request) -> JSONResponse:
+    """200 only when the database answers and its schema is at the newest migration."""
+    engine: AsyncEngine = request.app.state.engine
+    timeout = request.app.state.settings.db_timeout_seconds
+    try:
+        async with asyncio.timeout(timeout), engine.connect() as conn:
+            revision = await store.schema_revision(conn)
+    except Exception as exc:
+        if not is_database_unavailable(exc) and not _missing_schema(exc):
+            raise
+        return problem(503, "the database is not reachable or has no schema")
+    if revision != head_revision():
+        return problem(503, f"the schema is at {revision}, not at the newest migration {head_revision()}")
+    return JSONResponse({"status": "ready", "schemaRevision": revision})
+
+
+def _missing_schema(exc: Exception) -> bool:
+    return "alembic_version" in str(exc) and "does not exist" in str(exc)

@@ -1,0 +1,137 @@
+"""All SQL. The races of the contract are decided here, each named where it is decided.
+
+Every function runs inside the caller's transaction (READ COMMITTED) and never commits.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+# Race: a block committing while a launch token is issued. The upsert takes the player's row
+# lock (DO UPDATE locks even when nothing changes) and RETURNING reads the newest committed
+# `blocked`, so the session is either refused here or already visible to the block's revocation.
+_CREATE_SESSION = text("""
+WITH player AS (
+    INSERT INTO players (user_id, blocked, updated_at) VALUES (:user_id, false, :now)
+    ON CONFLICT (user_id) DO UPDATE SET blocked = players.blocked
+    RETURNING blocked
+)
+INSERT INTO user_sessions (user_id, launch_token_hash, launch_expires_at, created_at)
+SELECT :user_id, :token_hash, :expires_at, :now FROM player WHERE NOT player.blocked
+RETURNING id
+""")
+
+
+async def create_session(
+    conn: AsyncConnection, *, user_id: str, token_hash: bytes, expires_at: datetime, now: datetime
+) -> bool:
+    """Insert a user session with its launch token; False when the player is blocked."""
+    params = {"user_id": user_id, "token_hash": token_hash, "expires_at": expires_at, "now": now}
+    result = await conn.execute(_CREATE_SESSION, params)
+    return result.first() is not None
+
+
+# Race: simultaneous requests with one idempotency key. The primary key decides: the first
+# INSERT wins; the others wait on its transaction (bounded by lock_timeout), then insert
+# nothing if it committed, or take over the claim if it rolled back (failures are not stored).
+_CLAIM_KEY = text("""
+INSERT INTO idempotency_keys (key, fingerprint, created_at, expires_at)
+VALUES (:key, :fingerprint, :now, :expires_at)
+ON CONFLICT (key) DO NOTHING
+RETURNING true
+""")
+
+_PROCESSED_KEY = text("SELECT fingerprint, response FROM idempotency_keys WHERE key = :key")
+
+
+@dataclass(frozen=True)
+class ProcessedKey:
+    fingerprint: bytes
+    response: bytes
+
+
+async def claim_key(
+    conn: AsyncConnection, *, key: uuid.UUID, fingerprint: bytes, now: datetime, expires_at: datetime
+) -> ProcessedKey | None:
+    """Claim `key` for this transaction, or return what it already answered."""
+    params = {"key": key, "fingerprint": fingerprint, "now": now, "expires_at": expires_at}
+    if (await conn.execute(_CLAIM_KEY, params)).first() is not None:
+        return None
+    # A new statement takes a new snapshot, so it sees the winner's committed row.
+    row = (await conn.execute(_PROCESSED_KEY, {"key": key})).one()
+    return ProcessedKey(fingerprint=row.fingerprint, response=row.response)
+
+
+# Race: simultaneous exchanges of one launch token under different keys. The row lock makes
+# them queue; the first sets session_token_hash, and the rest then see the token as used.
+_LOCK_SESSION = text("""
+SELECT s.id, s.user_id, s.launch_expires_at, s.revoked_at,
+       s.session_token_hash IS NOT NULL AS exchanged,
+       coalesce(p.blocked, false) AS blocked
+FROM user_sessions s LEFT JOIN players p ON p.user_id = s.user_id
+WHERE s.launch_token_hash = :token_hash
+FOR UPDATE OF s
+""")
+
+
+@dataclass(frozen=True)
+class LockedSession:
+    id: int
+    user_id: str
+    launch_expires_at: datetime
+    revoked_at: datetime | None
+    exchanged: bool
+    blocked: bool
+
+
+async def lock_session(conn: AsyncConnection, *, token_hash: bytes) -> LockedSession | None:
+    row = (await conn.execute(_LOCK_SESSION, {"token_hash": token_hash})).first()
+    return LockedSession(**row._mapping) if row is not None else None
+
+
+_EXCHANGE = text("""
+WITH exchanged AS (
+    UPDATE user_sessions SET session_token_hash = :token_hash, session_expires_at = :expires_at
+    WHERE id = :session_id
+)
+UPDATE idempotency_keys SET response = :response WHERE key = :key
+""")
+
+
+async def record_exchange(
+    conn: AsyncConnection,
+    *,
+    session_id: int,
+    token_hash: bytes,
+    expires_at: datetime,
+    key: uuid.UUID,
+    response: bytes,
+) -> None:
+    """Store the session token's digest and the sealed 200 body in one statement."""
+    params = {
+        "session_id": session_id,
+        "token_hash": token_hash,
+        "expires_at": expires_at,
+        "key": key,
+        "response": response,
+    }
+    await conn.execute(_EXCHANGE, params)
+
+
+_IS_BLOCKED = text("SELECT blocked FROM players WHERE user_id = :user_id")
+
+
+async def is_blocked(conn: AsyncConnection, *, user_id: str) -> bool:
+    return bool((await conn.execute(_IS_BLOCKED, {"user_id": user_id})).scalar())
+
+
+_SCHEMA_REVISION = text("SELECT version_num FROM alembic_version")
+
+
+async def schema_revision(conn: AsyncConnection) -> str | None:
+    return (await conn.execute(_SCHEMA_REVISION)).scalar()

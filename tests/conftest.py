@@ -1,0 +1,119 @@
+"""Test fixtures: a real PostgreSQL (embedded, or TEST_DATABASE_URL) migrated once with Alembic."""
+
+from __future__ import annotations
+
+import base64
+import os
+import signal
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+from fastapi import FastAPI
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from partner_gateway.app import create_app
+from partner_gateway.config import Settings
+from partner_gateway.embedded import embedded_postgres
+from partner_gateway.schema import upgrade
+
+GATEWAY_KEY = "gw-test-key-0001"
+GATEWAY_KEY_ROTATED = "gw-test-key-0002"
+BETLINK_KEY = "bl-test-key-0001"
+BETLINK_KEY_ROTATED = "bl-test-key-0002"
+OPERATOR_ID = "op-test"
+REDIRECT_URL = "https://casino.example/"
+ENCRYPTION_KEY = base64.b64encode(bytes(range(32))).decode()
+GATEWAY_HEADERS = {"Authorization": f"Bearer {GATEWAY_KEY}"}
+TABLES = ("idempotency_keys", "user_sessions", "player_block_events", "players")
+
+AppFactory = Callable[..., FastAPI]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # pytest has no SIGTERM handler: without this, a terminated run leaks the embedded server.
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+
+
+@pytest.fixture(scope="session")
+def database_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """TEST_DATABASE_URL, or an embedded PostgreSQL for this run; migrated with Alembic."""
+    external = os.environ.get("TEST_DATABASE_URL")
+    if external:
+        upgrade(external)
+        yield external
+        return
+    with embedded_postgres(tmp_path_factory.mktemp("pg")) as url:
+        upgrade(url)
+        yield url
+
+
+def make_settings(database_url: str, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "database_url": database_url,
+        "gateway_api_keys": f"{GATEWAY_KEY},{GATEWAY_KEY_ROTATED}",
+        "betlink_api_keys": f"{BETLINK_KEY},{BETLINK_KEY_ROTATED}",
+        "betlink_operator_id": OPERATOR_ID,
+        "betlink_redirect_url": REDIRECT_URL,
+        "data_encryption_key": ENCRYPTION_KEY,
+        "db_timeout_seconds": 2,
+    }
+    values.update(overrides)
+    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+
+
+@pytest.fixture
+def settings(database_url: str) -> Settings:
+    return make_settings(database_url)
+
+
+@pytest.fixture
+async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
+    """A separate engine for the tests' own queries (not the app's pool)."""
+    engine = create_async_engine(database_url)
+    yield engine
+    await engine.dispose()
+
+
+@pytest.fixture(autouse=True)
+async def _clean_tables(engine: AsyncEngine) -> None:
+    # Isolation by truncation rather than a rolled-back outer transaction: the concurrency tests
+    # need real parallel transactions on separate connections, and other processes see the data.
+    async with engine.begin() as conn:
+        await conn.execute(text(f"TRUNCATE {', '.join(TABLES)}"))
+
+
+@pytest.fixture
+async def make_client(database_url: str) -> AsyncIterator[Callable[..., Any]]:
+    """Build an app with settings overrides, run its lifespan, return an httpx client for it."""
+    opened: list[tuple[Any, httpx.AsyncClient]] = []
+
+    async def factory(**overrides: Any) -> httpx.AsyncClient:
+        app = create_app(make_settings(database_url, **overrides))
+        lifespan = app.router.lifespan_context(app)
+        await lifespan.__aenter__()
+        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://test")
+        opened.append((lifespan, client))
+        return client
+
+    yield factory
+    for lifespan, client in reversed(opened):
+        await client.aclose()
+        await lifespan.__aexit__(None, None, None)
+
+
+@pytest.fixture
+async def client(make_client: Callable[..., Any]) -> httpx.AsyncClient:
+    result: httpx.AsyncClient = await make_client()
+    return result
+
+
+@pytest.fixture
+def data_dir(tmp_path: Path) -> Path:
+    return tmp_path / "data"

@@ -1,0 +1,59 @@
+"""/healthz and /readyz."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from partner_gateway.schema import head_revision
+
+
+class TestHealth:
+    async def test_healthz_is_200(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/healthz")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ok"}
+
+    async def test_readyz_is_200_at_the_newest_migration(self, client: httpx.AsyncClient) -> None:
+        response = await client.get("/readyz")
+        assert response.status_code == 200
+        assert response.json() == {"status": "ready", "schemaRevision": head_revision()}
+
+    async def test_readyz_is_503_when_the_database_is_unreachable(self, make_client: Callable[..., Any]) -> None:
+        client = await make_client(
+            database_url="postgresql+asyncpg://postgres:@/postgres?host=/nonexistent-socket-dir",
+            db_timeout_seconds=1,
+        )
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
+
+    async def test_readyz_is_503_when_the_schema_is_behind(
+        self, client: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE alembic_version SET version_num = 'older'"))
+        try:
+            response = await client.get("/readyz")
+            assert response.status_code == 503
+            assert "not at the newest migration" in response.json()["detail"]
+        finally:
+            async with engine.begin() as conn:
+                await conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": head_revision()})
+
+    async def test_unreachable_database_answers_503_on_business_routes(
+        self, make_client: Callable[..., Any]
+    ) -> None:
+        client = await make_client(
+            database_url="postgresql+asyncpg://postgres:@/postgres?host=/nonexistent-socket-dir",
+            db_timeout_seconds=1,
+        )
+        response = await client.post(
+            "/betlink/session", headers={"Authorization": "Bearer gw-test-key-0001", "X-User-Id": "p"}
+        )
+        assert response.status_code == 503
+        assert response.headers["content-type"] == "application/problem+json"
