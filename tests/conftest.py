@@ -65,7 +65,7 @@ def make_settings(database_url: str, **overrides: Any) -> Settings:
         "db_timeout_seconds": 2,
     }
     values.update(overrides)
-    return Settings(_env_file=None, **values)  # type: ignore[call-arg]
+    return Settings(_env_file=None, **values)
 
 
 @pytest.fixture
@@ -95,10 +95,12 @@ async def make_client(database_url: str) -> AsyncIterator[Callable[..., Any]]:
     opened: list[tuple[Any, httpx.AsyncClient]] = []
 
     async def factory(**overrides: Any) -> httpx.AsyncClient:
-        app = create_app(make_settings(database_url, **overrides))
+        app = create_app(make_settings(overrides.pop("database_url", database_url), **overrides))
         lifespan = app.router.lifespan_context(app)
         await lifespan.__aenter__()
-        client = httpx.AsyncClient(transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://test")
+        client = httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app, raise_app_exceptions=False), base_url="http://test"
+        )
         opened.append((lifespan, client))
         return client
 
@@ -112,6 +114,15 @@ async def make_client(database_url: str) -> AsyncIterator[Callable[..., Any]]:
 async def client(make_client: Callable[..., Any]) -> httpx.AsyncClient:
     result: httpx.AsyncClient = await make_client()
     return result
+
+
+def app_of(client: httpx.AsyncClient) -> FastAPI:
+    """The app behind a client from `make_client`."""
+    transport = client._transport
+    assert isinstance(transport, httpx.ASGITransport)
+    app = transport.app
+    assert isinstance(app, FastAPI)
+    return app
 
 
 @pytest.fixture

@@ -62,7 +62,10 @@ class TestIssuesLaunchToken:
         assert (await client.post("/betlink/session", headers=headers)).status_code == 201
 
     async def test_accepts_a_utf8_user_id(self, client: httpx.AsyncClient) -> None:
-        headers = [("Authorization", GATEWAY_HEADERS["Authorization"]), ("X-User-Id", "Jöhn-🎰".encode())]
+        headers = [
+            (b"authorization", GATEWAY_HEADERS["Authorization"].encode()),
+            (b"x-user-id", "Jöhn-🎰".encode()),
+        ]
         response = await client.post("/betlink/session", headers=headers)
         assert response.status_code == 201
         assert response.json()["userId"] == "Jöhn-🎰"
@@ -82,7 +85,9 @@ class TestRejectsCallers:
 
     async def test_with_a_wrong_key_is_401(self, client: httpx.AsyncClient) -> None:
         for value in ("Bearer nope", "Basic gw-test-key-0001", "gw-test-key-0001", "Bearer "):
-            response = await client.post("/betlink/session", headers={"Authorization": value, "X-User-Id": "p"})
+            response = await client.post(
+                "/betlink/session", headers={"Authorization": value, "X-User-Id": "p"}
+            )
             assert response.status_code == 401, value
 
     async def test_key_check_comes_before_the_user_id_check(self, client: httpx.AsyncClient) -> None:
@@ -96,7 +101,7 @@ class TestRejectsCallers:
 
     async def test_with_a_malformed_user_id_is_400(self, client: httpx.AsyncClient) -> None:
         for raw in (b"", b"x" * 129, b"a\x01b", b"\xff\xfe", b"tab\there"):
-            headers = [("Authorization", GATEWAY_HEADERS["Authorization"]), ("X-User-Id", raw)]
+            headers = [(b"authorization", GATEWAY_HEADERS["Authorization"].encode()), (b"x-user-id", raw)]
             response = await client.post("/betlink/session", headers=headers)
             assert response.status_code == 400, raw
             assert response.headers["content-type"] == PROBLEM

@@ -12,7 +12,12 @@ class TestProblemJson:
         response = await client.get("/nope")
         assert response.status_code == 404
         assert response.headers["content-type"] == PROBLEM
-        assert response.json() == {"type": "about:blank", "title": "Not Found", "status": 404, "detail": "Not Found"}
+        assert response.json() == {
+            "type": "about:blank",
+            "title": "Not Found",
+            "status": 404,
+            "detail": "Not Found",
+        }
 
     async def test_wrong_method_is_405(self, client: httpx.AsyncClient) -> None:
         response = await client.get("/betlink/session")
@@ -29,4 +34,6 @@ class TestProblemJson:
     async def test_openapi_describes_the_routes(self, client: httpx.AsyncClient) -> None:
         spec = (await client.get("/openapi.json")).json()
         assert "/betlink/session" in spec["paths"]
-        assert {"201", "400", "401", "403", "503"} <= set(spec["paths"]["/betlink/session"]["post"]["responses"])
+        assert {"201", "400", "401", "403", "503"} <= set(
+            spec["paths"]["/betlink/session"]["post"]["responses"]
+        )

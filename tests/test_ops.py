@@ -23,7 +23,9 @@ class TestHealth:
         assert response.status_code == 200
         assert response.json() == {"status": "ready", "schemaRevision": head_revision()}
 
-    async def test_readyz_is_503_when_the_database_is_unreachable(self, make_client: Callable[..., Any]) -> None:
+    async def test_readyz_is_503_when_the_database_is_unreachable(
+        self, make_client: Callable[..., Any]
+    ) -> None:
         client = await make_client(
             database_url="postgresql+asyncpg://postgres:@/postgres?host=/nonexistent-socket-dir",
             db_timeout_seconds=1,
@@ -43,7 +45,9 @@ class TestHealth:
             assert "not at the newest migration" in response.json()["detail"]
         finally:
             async with engine.begin() as conn:
-                await conn.execute(text("UPDATE alembic_version SET version_num = :v"), {"v": head_revision()})
+                await conn.execute(
+                    text("UPDATE alembic_version SET version_num = :v"), {"v": head_revision()}
+                )
 
     async def test_unreachable_database_answers_503_on_business_routes(
         self, make_client: Callable[..., Any]

@@ -79,6 +79,25 @@ def migrate(settings: Settings) -> None:
     logger.info("migrations applied")
 
 
+def purge(settings: Settings, *, batch: int) -> None:
+    import asyncio
+
+    from partner_gateway.db import create_engine, utc_now
+    from partner_gateway.maintenance import purge_expired
+
+    async def run(url: str) -> None:
+        engine = create_engine(settings, url)
+        try:
+            purged = await purge_expired(engine, settings=settings, now=utc_now(), batch=batch)
+        finally:
+            await engine.dispose()
+        logger.info("purge.done", keys=purged.keys, sessions=purged.sessions)
+
+    with database(settings) as bound:
+        assert bound.database_url is not None
+        asyncio.run(run(bound.database_url))
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="partner-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -86,6 +105,8 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8000)
     commands.add_parser("migrate", help="apply database migrations")
+    purge_cmd = commands.add_parser("purge", help="delete expired idempotency keys and sessions")
+    purge_cmd.add_argument("--batch", type=int, default=1000)
     return parser
 
 
@@ -102,6 +123,8 @@ def main(argv: list[str] | None = None) -> None:
         serve(settings, generated, host=args.host, port=args.port)
     elif args.command == "migrate":
         migrate(settings)
+    elif args.command == "purge":
+        purge(settings, batch=args.batch)
 
 
 def _secret_values(settings: Settings) -> list[str]:

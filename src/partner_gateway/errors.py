@@ -114,7 +114,9 @@ def is_database_unavailable(exc: BaseException) -> bool:
     return isinstance(cause, BaseException) and is_database_unavailable(cause)
 
 
-def problem(status: int, detail: str, *, title: str | None = None, headers: dict[str, str] | None = None) -> JSONResponse:
+def problem(
+    status: int, detail: str, *, title: str | None = None, headers: dict[str, str] | None = None
+) -> JSONResponse:
     phrase = title or HTTPStatus(status).phrase
     body = {"type": "about:blank", "title": phrase, "status": status, "detail": detail}
     return JSONResponse(body, status_code=status, media_type=PROBLEM_JSON, headers=headers)

@@ -69,9 +69,7 @@ class Caller:
     label: str
 
 
-def gateway_caller(
-    settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
-) -> Caller:
+def gateway_caller(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> Caller:
     """The casino gateway, authenticated by `Authorization: Bearer <one of GATEWAY_API_KEYS>`."""
     scheme, _, presented = (authorization or "").partition(" ")
     label = match_key(presented.strip(), settings.gateway_api_keys) if scheme.lower() == "bearer" else None

@@ -135,3 +135,26 @@ _SCHEMA_REVISION = text("SELECT version_num FROM alembic_version")
 
 async def schema_revision(conn: AsyncConnection) -> str | None:
     return (await conn.execute(_SCHEMA_REVISION)).scalar()
+
+
+# Purges take rows with SKIP LOCKED, so several replicas running `purge` at once split the
+# work instead of queueing on each other; each batch is its own short transaction.
+_PURGE_KEYS = text("""
+DELETE FROM idempotency_keys WHERE key IN (
+    SELECT key FROM idempotency_keys WHERE expires_at < :now LIMIT :batch FOR UPDATE SKIP LOCKED
+)
+""")
+
+_PURGE_SESSIONS = text("""
+DELETE FROM user_sessions WHERE id IN (
+    SELECT id FROM user_sessions WHERE created_at < :before LIMIT :batch FOR UPDATE SKIP LOCKED
+)
+""")
+
+
+async def purge_keys(conn: AsyncConnection, *, now: datetime, batch: int) -> int:
+    return (await conn.execute(_PURGE_KEYS, {"now": now, "batch": batch})).rowcount
+
+
+async def purge_sessions(conn: AsyncConnection, *, before: datetime, batch: int) -> int:
+    return (await conn.execute(_PURGE_SESSIONS, {"before": before, "batch": batch})).rowcount

@@ -2,13 +2,26 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request, Response, status
+import re
+import uuid
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Header, Request, Response, status
+from pydantic import ValidationError
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 from partner_gateway.betlink import service
-from partner_gateway.betlink.schemas import LaunchTokenResponse
+from partner_gateway.betlink.schemas import (
+    UUID_PATTERN,
+    AuthenticateFailure,
+    AuthenticateRequest,
+    AuthenticateResponse,
+    LaunchTokenResponse,
+)
 from partner_gateway.db import DbDep, utc_now
+from partner_gateway.errors import BetLinkError
 from partner_gateway.openapi import problem_responses
-from partner_gateway.security import GatewayCaller, PlayerId, SettingsDep, UserIdCipher
+from partner_gateway.security import GatewayCaller, PlayerId, Sealer, SettingsDep, UserIdCipher, match_key
 
 router = APIRouter(prefix="/betlink", tags=["betlink"])
 
@@ -44,3 +57,76 @@ async def create_launch_token(
     return LaunchTokenResponse(
         launch_token=issued.token, user_id=issued.betlink_user_id, operator_id=settings.betlink_operator_id
     )
+
+
+def _failure(description: str) -> dict[str, Any]:
+    return {"model": AuthenticateFailure, "description": description}
+
+
+_AUTH_REQUEST_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": AuthenticateRequest.model_json_schema(by_alias=True)}},
+    }
+}
+
+
+@router.post(
+    "/authenticate",
+    response_model=AuthenticateResponse,
+    responses={
+        400: _failure("MISSING_PARAMETER, INVALID_USER or USER_BLOCKED"),
+        401: _failure("INVALID_SESSION"),
+        403: _failure("AUTHENTICATION_FAILED"),
+        500: _failure("GENERAL_EXCEPTION"),
+        503: _failure("REQUEST_TIMED_OUT"),
+    },
+    openapi_extra=_AUTH_REQUEST_BODY,
+)
+async def authenticate(
+    request: Request,
+    settings: SettingsDep,
+    x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
+    x_idempotency_key: Annotated[str | None, Header(alias="X-Idempotency-Key")] = None,
+) -> Response:
+    """BetLink's Auth endpoint: exchange a launch token for a 30-minute operatorSessionToken.
+
+    Checks in the contract's order: API key (403 AUTHENTICATION_FAILED); idempotency key and
+    body shape (400 MISSING_PARAMETER); operatorId (403); the key used for another request
+    (403); the key already answered (the stored 200, byte for byte); no such launch token (401
+    INVALID_SESSION); userId not the session's player (400 INVALID_USER); player blocked (400
+    USER_BLOCKED); token expired, revoked or used (401 INVALID_SESSION); database too slow (503
+    REQUEST_TIMED_OUT). Errors use BetLink's shape.
+    """
+    if match_key(x_api_key, settings.betlink_api_keys) is None:
+        raise BetLinkError("AUTHENTICATION_FAILED", "missing or invalid X-API-Key")
+    key = _idempotency_key(x_idempotency_key)
+    auth_request = _parse(await request.body())
+    engine: AsyncEngine = request.app.state.engine
+    sealer: Sealer = request.app.state.sealer
+    async with engine.begin() as conn:  # commits before the response is sent
+        result = await service.authenticate(
+            conn,
+            request=auth_request,
+            idempotency_key=key,
+            settings=settings,
+            cipher=_cipher(request),
+            sealer=sealer,
+            now=utc_now(),
+        )
+    return Response(result.body, media_type="application/json")
+
+
+def _idempotency_key(value: str | None) -> uuid.UUID:
+    if value is None or not re.match(UUID_PATTERN, value):
+        raise BetLinkError("MISSING_PARAMETER", "X-Idempotency-Key must be a UUID")
+    return uuid.UUID(value)
+
+
+def _parse(raw: bytes) -> AuthenticateRequest:
+    try:
+        return AuthenticateRequest.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors(include_input=False)[0]
+        where = ".".join(str(part) for part in first["loc"]) or "body"
+        raise BetLinkError("MISSING_PARAMETER", f"{where}: {first['msg']}") from None

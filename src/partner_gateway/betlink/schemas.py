@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, StringConstraints
 from pydantic.alias_generators import to_camel
 
 
@@ -18,3 +18,47 @@ class LaunchTokenResponse(CamelModel):
     launch_token: str
     user_id: str
     operator_id: str
+
+
+UUID_PATTERN = r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$"
+
+
+class AuthenticateRequest(CamelModel):
+    """BetLink's Auth request. Strict: every field a non-empty string, no coercion."""
+
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, strict=True)
+
+    request_id: Annotated[str, StringConstraints(pattern=UUID_PATTERN)]
+    user_id: Annotated[str, StringConstraints(min_length=1)]
+    operator_id: Annotated[str, StringConstraints(min_length=1)]
+    launch_token: Annotated[str, StringConstraints(min_length=1)]
+    auth_requested_timestamp: Annotated[str, StringConstraints(pattern=r"^[0-9]+$")]
+
+
+class AuthenticateResponse(CamelModel):
+    """BetLink's Auth success body: exactly these eight strings, in this order."""
+
+    request_id: str
+    user_id: str
+    operator_id: str
+    operator_session_token: str
+    timestamp: str
+    status: Literal["AUTHENTICATED"] = "AUTHENTICATED"
+    session_expiry: str
+    redirect_url: str
+
+
+class AuthenticateFailure(BaseModel):
+    """BetLink's Auth error body."""
+
+    status: Literal["FAILED_AUTHENTICATION"]
+    errorCode: Literal[
+        "INVALID_USER",
+        "USER_BLOCKED",
+        "MISSING_PARAMETER",
+        "INVALID_SESSION",
+        "AUTHENTICATION_FAILED",
+        "GENERAL_EXCEPTION",
+        "REQUEST_TIMED_OUT",
+    ]
+    errorMessage: str

@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import hashlib
+import hmac
+import json
+import uuid
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from partner_gateway import store
+from partner_gateway.betlink.schemas import AuthenticateRequest, AuthenticateResponse
 from partner_gateway.config import Settings
-from partner_gateway.errors import PlayerBlocked
-from partner_gateway.security import LAUNCH_TOKEN_BYTES, UserIdCipher, digest, new_token
+from partner_gateway.errors import BetLinkError, PlayerBlocked
+from partner_gateway.security import (
+    LAUNCH_TOKEN_BYTES,
+    SESSION_TOKEN_BYTES,
+    Sealer,
+    UserIdCipher,
+    digest,
+    new_token,
+)
 
 
 @dataclass(frozen=True)
@@ -18,6 +30,12 @@ class LaunchToken:
     token: str
     betlink_user_id: str
     expires_at: datetime
+
+
+@dataclass(frozen=True)
+class Authenticated:
+    body: bytes  # the exact 200 body: replays return these bytes again
+    replayed: bool
 
 
 async def issue_launch_token(
@@ -32,3 +50,102 @@ async def issue_launch_token(
     if not created:
         raise PlayerBlocked("the player is blocked")
     return LaunchToken(token=token, betlink_user_id=cipher.encrypt(user_id), expires_at=expires_at)
+
+
+def epoch_ms(moment: datetime) -> str:
+    return str(int(moment.timestamp() * 1000))
+
+
+def fingerprint(request: AuthenticateRequest) -> bytes:
+    """What makes two requests under one idempotency key "the same" (requestId and time excluded)."""
+    material = json.dumps([request.user_id, request.operator_id, request.launch_token])
+    return hashlib.sha256(material.encode()).digest()
+
+
+async def authenticate(
+    conn: AsyncConnection,
+    *,
+    request: AuthenticateRequest,
+    idempotency_key: uuid.UUID,
+    settings: Settings,
+    cipher: UserIdCipher,
+    sealer: Sealer,
+    now: datetime,
+) -> Authenticated:
+    """Exchange a launch token for a session token, exactly once per idempotency key.
+
+    Follows the contract's check table from row 3 on (rows 1 and 2, key and shape, are the
+    endpoint's). Every failure raises, which rolls back the key's claim with everything else:
+    only a 200 marks a key as processed.
+    """
+    if request.operator_id != settings.betlink_operator_id:
+        raise BetLinkError("AUTHENTICATION_FAILED", "operatorId is not this operator's")
+    key_expiry = now + timedelta(seconds=settings.idempotency_ttl_seconds)
+    fp = fingerprint(request)
+    processed = await store.claim_key(
+        conn, key=idempotency_key, fingerprint=fp, now=now, expires_at=key_expiry
+    )
+    if processed is not None:
+        return _replay(processed, fingerprint=fp, key=idempotency_key, sealer=sealer)
+    session = await store.lock_session(conn, token_hash=digest(request.launch_token))
+    _check_session(session, request=request, cipher=cipher, now=now)
+    assert session is not None
+    return await _exchange(
+        conn, session, request=request, key=idempotency_key, settings=settings, sealer=sealer, now=now
+    )
+
+
+def _replay(
+    processed: store.ProcessedKey, *, fingerprint: bytes, key: uuid.UUID, sealer: Sealer
+) -> Authenticated:
+    if not hmac.compare_digest(processed.fingerprint, fingerprint):
+        raise BetLinkError("AUTHENTICATION_FAILED", "this X-Idempotency-Key was used for another request")
+    return Authenticated(body=sealer.open(processed.response, context=key.bytes), replayed=True)
+
+
+def _check_session(
+    session: store.LockedSession | None, *, request: AuthenticateRequest, cipher: UserIdCipher, now: datetime
+) -> None:
+    if session is None:
+        raise BetLinkError("INVALID_SESSION", "no session has this launch token")
+    real_user_id = cipher.decrypt(request.user_id)
+    if real_user_id is None or not hmac.compare_digest(real_user_id.encode(), session.user_id.encode()):
+        raise BetLinkError("INVALID_USER", "userId does not match the session's player")
+    if session.blocked:
+        raise BetLinkError("USER_BLOCKED", "the player is blocked")
+    if session.revoked_at is not None or session.exchanged or session.launch_expires_at <= now:
+        raise BetLinkError("INVALID_SESSION", "the launch token has expired or was already used")
+
+
+async def _exchange(
+    conn: AsyncConnection,
+    session: store.LockedSession,
+    *,
+    request: AuthenticateRequest,
+    key: uuid.UUID,
+    settings: Settings,
+    sealer: Sealer,
+    now: datetime,
+) -> Authenticated:
+    token = new_token(SESSION_TOKEN_BYTES)
+    expires_at = now + timedelta(seconds=settings.betlink_session_ttl_seconds)
+    assert settings.betlink_redirect_url is not None
+    response = AuthenticateResponse(
+        request_id=request.request_id,
+        user_id=request.user_id,
+        operator_id=request.operator_id,
+        operator_session_token=token,
+        timestamp=epoch_ms(now),
+        session_expiry=epoch_ms(expires_at),
+        redirect_url=settings.betlink_redirect_url,
+    )
+    body = response.model_dump_json(by_alias=True).encode()
+    await store.record_exchange(
+        conn,
+        session_id=session.id,
+        token_hash=digest(token),
+        expires_at=expires_at,
+        key=key,
+        response=sealer.seal(body, context=key.bytes),
+    )
+    return Authenticated(body=body, replayed=False)

@@ -1,0 +1,3 @@
+from partner_gateway.cli import main
+
+main()

@@ -1,0 +1,143 @@
+"""Exactly-once under concurrency: real parallel requests, each on its own database connection."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.conftest import BETLINK_KEY, ENCRYPTION_KEY, GATEWAY_KEY, OPERATOR_ID, REDIRECT_URL
+from tests.helpers import auth_body, auth_headers, launch
+
+URL = "/betlink/authenticate"
+
+
+async def _count(engine: AsyncEngine, sql: str) -> int:
+    async with engine.connect() as conn:
+        return int((await conn.execute(text(sql))).scalar_one())
+
+
+class TestSameKeyStorm:
+    async def test_100_parallel_same_key_requests_issue_one_token_and_identical_bodies(
+        self, make_client: Callable[..., Any], engine: AsyncEngine
+    ) -> None:
+        client = await make_client(db_pool_size=20, db_max_overflow=30, db_timeout_seconds=10)
+        session = await launch(client)
+        key, body = str(uuid.uuid4()), auth_body(session)
+
+        async def call(i: int) -> httpx.Response:
+            # A retry may carry a new requestId and timestamp; the answer is still the first one.
+            varied = {**body, "requestId": str(uuid.uuid4())} if i % 2 else body
+            response: httpx.Response = await client.post(URL, headers=auth_headers(key), json=varied)
+            return response
+
+        responses = await asyncio.gather(*(call(i) for i in range(100)))
+        assert Counter(r.status_code for r in responses) == {200: 100}
+        assert len({r.content for r in responses}) == 1
+        assert (
+            await _count(engine, "SELECT count(*) FROM user_sessions WHERE session_token_hash IS NOT NULL")
+            == 1
+        )
+        assert await _count(engine, "SELECT count(*) FROM idempotency_keys") == 1
+
+
+class TestOneLaunchTokenManyKeys:
+    async def test_50_parallel_keys_on_one_launch_token_give_exactly_one_200(
+        self, make_client: Callable[..., Any], engine: AsyncEngine
+    ) -> None:
+        client = await make_client(db_pool_size=20, db_max_overflow=30, db_timeout_seconds=10)
+        session = await launch(client)
+        body = auth_body(session)
+        responses = await asyncio.gather(
+            *(client.post(URL, headers=auth_headers(), json=body) for _ in range(50))
+        )
+        assert Counter(r.status_code for r in responses) == {200: 1, 401: 49}
+        assert {r.json()["errorCode"] for r in responses if r.status_code == 401} == {"INVALID_SESSION"}
+        assert await _count(engine, "SELECT count(*) FROM idempotency_keys") == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture
+def two_processes(database_url: str) -> Iterator[list[str]]:
+    """Two real `partner-gateway serve` processes on one database."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "GATEWAY_API_KEYS": GATEWAY_KEY,
+        "BETLINK_API_KEYS": BETLINK_KEY,
+        "BETLINK_OPERATOR_ID": OPERATOR_ID,
+        "BETLINK_REDIRECT_URL": REDIRECT_URL,
+        "DATA_ENCRYPTION_KEY": ENCRYPTION_KEY,
+        "DB_POOL_SIZE": "20",
+        "DB_MAX_OVERFLOW": "20",
+        "DB_TIMEOUT_SECONDS": "10",
+        "LOG_LEVEL": "WARNING",
+    }
+    ports = [_free_port(), _free_port()]
+    command = [sys.executable, "-m", "partner_gateway", "serve", "--port"]
+    procs = [subprocess.Popen([*command, str(port)], env=env) for port in ports]
+    try:
+        urls = [f"http://127.0.0.1:{port}" for port in ports]
+        _wait_ready(urls)
+        yield urls
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=20)
+
+
+def _wait_ready(urls: list[str]) -> None:
+    deadline = time.monotonic() + 30
+    for url in urls:
+        while True:
+            try:
+                if httpx.get(f"{url}/readyz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{url} did not become ready")
+            time.sleep(0.1)
+
+
+@pytest.mark.slow
+class TestAcrossProcesses:
+    async def test_same_key_storm_across_two_serve_processes(
+        self, two_processes: list[str], engine: AsyncEngine
+    ) -> None:
+        async with (
+            httpx.AsyncClient(base_url=two_processes[0], timeout=30) as first,
+            httpx.AsyncClient(
+                base_url=two_processes[1], timeout=30, limits=httpx.Limits(max_connections=100)
+            ) as second,
+        ):
+            session = await launch(first)
+            key, body = str(uuid.uuid4()), auth_body(session)
+            clients = [first, second]
+            responses = await asyncio.gather(
+                *(clients[i % 2].post(URL, headers=auth_headers(key), json=body) for i in range(60))
+            )
+        assert Counter(r.status_code for r in responses) == {200: 60}
+        assert len({r.content for r in responses}) == 1
+        assert (
+            await _count(engine, "SELECT count(*) FROM user_sessions WHERE session_token_hash IS NOT NULL")
+            == 1
+        )
