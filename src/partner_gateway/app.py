@@ -7,7 +7,7 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from partner_gateway import errors, ops
+from partner_gateway import errors, ops, players
 from partner_gateway.betlink import endpoints as betlink
 from partner_gateway.config import Settings
 from partner_gateway.db import create_engine
@@ -40,5 +40,6 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.user_id_cipher = UserIdCipher(settings.user_id_keys)
     errors.install_error_handlers(app)
     app.include_router(betlink.router)
+    app.include_router(players.router)
     app.include_router(ops.router)
     return app

@@ -158,3 +158,61 @@ async def purge_keys(conn: AsyncConnection, *, now: datetime, batch: int) -> int
 
 async def purge_sessions(conn: AsyncConnection, *, before: datetime, batch: int) -> int:
     return (await conn.execute(_PURGE_SESSIONS, {"before": before, "batch": batch})).rowcount
+
+
+_SET_BLOCKED = text("""
+WITH player AS (
+    INSERT INTO players (user_id, blocked, updated_at) VALUES (:user_id, :blocked, :now)
+    ON CONFLICT (user_id) DO UPDATE SET blocked = EXCLUDED.blocked, updated_at = EXCLUDED.updated_at
+    RETURNING user_id
+)
+INSERT INTO player_block_events (user_id, blocked, actor, created_at)
+SELECT user_id, :blocked, :actor, :now FROM player
+""")
+
+# Race: a block against an in-flight /betlink/session or /betlink/authenticate. This runs
+# after _SET_BLOCKED holds the player's row lock, so every session created before the block
+# is committed and visible here; a session row locked by an in-flight exchange makes this
+# wait, then revokes the token that exchange just issued. No live token survives a block.
+_REVOKE_SESSIONS = text("""
+UPDATE user_sessions SET revoked_at = :now
+WHERE user_id = :user_id AND revoked_at IS NULL
+  AND (launch_expires_at > :now OR session_expires_at > :now)
+""")
+
+
+async def set_blocked(
+    conn: AsyncConnection, *, user_id: str, blocked: bool, actor: str, now: datetime
+) -> int:
+    """Record the block state and its audit row; when blocking, revoke every live token.
+
+    Returns how many sessions were revoked.
+    """
+    params = {"user_id": user_id, "blocked": blocked, "actor": actor, "now": now}
+    await conn.execute(_SET_BLOCKED, params)
+    if not blocked:
+        return 0
+    result = await conn.execute(_REVOKE_SESSIONS, {"user_id": user_id, "now": now})
+    return result.rowcount
+
+
+_LIVE_SESSION = text("""
+SELECT s.user_id, s.session_expires_at
+FROM user_sessions s LEFT JOIN players p ON p.user_id = s.user_id
+WHERE s.session_token_hash = :token_hash
+  AND s.revoked_at IS NULL
+  AND s.session_expires_at > :now
+  AND NOT coalesce(p.blocked, false)
+""")
+
+
+@dataclass(frozen=True)
+class LiveSession:
+    user_id: str
+    expires_at: datetime
+
+
+async def live_session(conn: AsyncConnection, *, token_hash: bytes, now: datetime) -> LiveSession | None:
+    """The session holding this session token, if it is live (one unique-index lookup)."""
+    row = (await conn.execute(_LIVE_SESSION, {"token_hash": token_hash, "now": now})).first()
+    return LiveSession(user_id=row.user_id, expires_at=row.session_expires_at) if row is not None else None

@@ -16,6 +16,8 @@ from partner_gateway.betlink.schemas import (
     AuthenticateFailure,
     AuthenticateRequest,
     AuthenticateResponse,
+    IntrospectRequest,
+    IntrospectResponse,
     LaunchTokenResponse,
 )
 from partner_gateway.db import DbDep, utc_now
@@ -56,6 +58,25 @@ async def create_launch_token(
     assert settings.betlink_operator_id is not None
     return LaunchTokenResponse(
         launch_token=issued.token, user_id=issued.betlink_user_id, operator_id=settings.betlink_operator_id
+    )
+
+
+@router.post(
+    "/sessions/introspect",
+    response_model=IntrospectResponse,
+    response_model_exclude_none=True,
+    responses=problem_responses(400, 401, 503),
+)
+async def introspect(caller: GatewayCaller, body: IntrospectRequest, conn: DbDep) -> IntrospectResponse:
+    """For the operator's wallet: is the `sessionToken` BetLink presents on a bet live, and whose?
+
+    Answers `{"active": false}` for an unknown, expired or revoked token or a blocked player.
+    """
+    live = await service.introspect(conn, token=body.operator_session_token, now=utc_now())
+    if live is None:
+        return IntrospectResponse(active=False)
+    return IntrospectResponse(
+        active=True, user_id=live.user_id, session_expiry=service.epoch_ms(live.expires_at)
     )
 
 

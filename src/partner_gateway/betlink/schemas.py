@@ -62,3 +62,17 @@ class AuthenticateFailure(BaseModel):
         "REQUEST_TIMED_OUT",
     ]
     errorMessage: str
+
+
+class IntrospectRequest(CamelModel):
+    model_config = ConfigDict(alias_generator=to_camel, populate_by_name=True, frozen=True, strict=True)
+
+    operator_session_token: str
+
+
+class IntrospectResponse(CamelModel):
+    """`{"active": false}` exactly, or the live session's real user id and expiry (epoch ms)."""
+
+    active: bool
+    user_id: str | None = None
+    session_expiry: str | None = None

@@ -149,3 +149,13 @@ async def _exchange(
         response=sealer.seal(body, context=key.bytes),
     )
     return Authenticated(body=body, replayed=False)
+
+
+MAX_TOKEN_CHARS = 512
+
+
+async def introspect(conn: AsyncConnection, *, token: str, now: datetime) -> store.LiveSession | None:
+    """The live session behind an operatorSessionToken: unknown, expired, revoked or blocked is None."""
+    if not token or len(token) > MAX_TOKEN_CHARS:
+        return None
+    return await store.live_session(conn, token_hash=digest(token), now=now)

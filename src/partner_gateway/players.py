@@ -1,0 +1,48 @@
+"""Blocking players (self-exclusion, compliance holds): PUT/DELETE /players/{userId}/block."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Path, Response, status
+
+from partner_gateway import store
+from partner_gateway.db import DbDep, utc_now
+from partner_gateway.logs import get_logger
+from partner_gateway.openapi import problem_responses
+from partner_gateway.security import GatewayCaller, check_user_id
+
+router = APIRouter(prefix="/players", tags=["players"])
+logger = get_logger(__name__)
+
+UserIdPath = Annotated[str, Path(alias="userId", description="The player's id, as the gateway sends it.")]
+
+
+@router.put(
+    "/{userId}/block",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(400, 401, 503),
+)
+async def block(caller: GatewayCaller, user_id: UserIdPath, conn: DbDep) -> None:
+    """Block a player at once: every live launch and session token is revoked in the same
+    transaction, and new sessions are refused until unblocked. Idempotent; works for a player
+    the service has never seen."""
+    revoked = await store.set_blocked(
+        conn, user_id=check_user_id(user_id), blocked=True, actor=caller.label, now=utc_now()
+    )
+    logger.info("player.blocked", actor=caller.label, sessions_revoked=revoked)
+
+
+@router.delete(
+    "/{userId}/block",
+    status_code=status.HTTP_204_NO_CONTENT,
+    response_class=Response,
+    responses=problem_responses(400, 401, 503),
+)
+async def unblock(caller: GatewayCaller, user_id: UserIdPath, conn: DbDep) -> None:
+    """Let the player start new sessions. Tokens revoked by the block stay revoked. Idempotent."""
+    await store.set_blocked(
+        conn, user_id=check_user_id(user_id), blocked=False, actor=caller.label, now=utc_now()
+    )
+    logger.info("player.unblocked", actor=caller.label)
