@@ -5,11 +5,11 @@ COPY --from=ghcr.io/astral-sh/uv:0.13.9 /uv /usr/local/bin/uv
 ENV UV_LINK_MODE=copy UV_COMPILE_BYTECODE=1 UV_PYTHON_DOWNLOADS=never
 WORKDIR /app
 COPY pyproject.toml uv.lock README.md ./
-RUN uv sync --locked --no-dev --no-install-project
+RUN uv sync --locked --no-dev --extra otel --no-install-project
 COPY src ./src
 COPY migrations ./migrations
 COPY alembic.ini ./
-RUN uv sync --locked --no-dev
+RUN uv sync --locked --no-dev --extra otel
 
 FROM python:3.12-slim
 RUN groupadd --system app && useradd --system --gid app --home-dir /app --no-create-home app

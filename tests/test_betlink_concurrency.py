@@ -3,11 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import os
-import socket
-import subprocess
-import sys
-import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -18,8 +13,8 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import BETLINK_KEY, ENCRYPTION_KEY, GATEWAY_KEY, OPERATOR_ID, REDIRECT_URL
 from tests.helpers import auth_body, auth_headers, launch
+from tests.processes import free_port, serve, wait_ready
 
 URL = "/betlink/authenticate"
 
@@ -68,54 +63,22 @@ class TestOneLaunchTokenManyKeys:
         assert await _count(engine, "SELECT count(*) FROM idempotency_keys") == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @pytest.fixture
 def two_processes(database_url: str) -> Iterator[list[str]]:
     """Two real `partner-gateway serve` processes on one database."""
-    env = {
-        **os.environ,
-        "DATABASE_URL": database_url,
-        "GATEWAY_API_KEYS": GATEWAY_KEY,
-        "BETLINK_API_KEYS": BETLINK_KEY,
-        "BETLINK_OPERATOR_ID": OPERATOR_ID,
-        "BETLINK_REDIRECT_URL": REDIRECT_URL,
-        "DATA_ENCRYPTION_KEY": ENCRYPTION_KEY,
-        "DB_POOL_SIZE": "20",
-        "DB_MAX_OVERFLOW": "20",
-        "DB_TIMEOUT_SECONDS": "10",
-        "LOG_LEVEL": "WARNING",
-    }
-    ports = [_free_port(), _free_port()]
-    command = [sys.executable, "-m", "partner_gateway", "serve", "--port"]
-    procs = [subprocess.Popen([*command, str(port)], env=env) for port in ports]
+    ports = [free_port(), free_port()]
+    settings = {"DB_POOL_SIZE": "20", "DB_MAX_OVERFLOW": "20", "DB_TIMEOUT_SECONDS": "10"}
+    procs = [serve(database_url, port, **settings) for port in ports]
     try:
         urls = [f"http://127.0.0.1:{port}" for port in ports]
-        _wait_ready(urls)
+        for url, proc in zip(urls, procs, strict=True):
+            wait_ready(url, proc)
         yield urls
     finally:
         for proc in procs:
             proc.terminate()
         for proc in procs:
             proc.wait(timeout=20)
-
-
-def _wait_ready(urls: list[str]) -> None:
-    deadline = time.monotonic() + 30
-    for url in urls:
-        while True:
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{url} did not become ready")
-            time.sleep(0.1)
 
 
 @pytest.mark.slow

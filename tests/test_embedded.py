@@ -14,6 +14,7 @@ import httpx
 import pytest
 
 from partner_gateway.embedded import HANDLES_FILE, prune_dead_handles
+from tests.processes import free_port
 
 
 def _serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
@@ -59,7 +60,7 @@ def _gateway_key(data_dir: Path) -> str:
 @pytest.mark.slow
 class TestLocalServe:
     def test_restart_keeps_data_and_sigterm_stops_postgres(self, tmp_path: Path) -> None:
-        data_dir, port = tmp_path / "data", 18461
+        data_dir, port = tmp_path / "data", free_port()
         url = f"http://127.0.0.1:{port}"
         proc = _serve(data_dir, port)
         try:
@@ -83,7 +84,7 @@ class TestLocalServe:
         assert not _postgres_running(data_dir / "pgdata")
 
     def test_a_killed_run_does_not_leave_the_next_one_broken(self, tmp_path: Path) -> None:
-        data_dir, port = tmp_path / "data", 18462
+        data_dir, port = tmp_path / "data", free_port()
         url = f"http://127.0.0.1:{port}"
         proc = _serve(data_dir, port)
         _wait(url, proc)

@@ -5,28 +5,51 @@ from __future__ import annotations
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
+import httpx
 from fastapi import FastAPI
 
 from partner_gateway import errors, ops, players
 from partner_gateway.betlink import endpoints as betlink
+from partner_gateway.bidpaw import endpoints as bidpaw
+from partner_gateway.bidpaw.client import BidPawClient
 from partner_gateway.config import Settings
 from partner_gateway.db import create_engine
+from partner_gateway.metrics import POOL
+from partner_gateway.middleware import RequestContextMiddleware
 from partner_gateway.security import Sealer, UserIdCipher
+from partner_gateway.tracing import Tracing, setup_tracing
 
 
-def create_app(settings: Settings) -> FastAPI:
+def _bidpaw_http(settings: Settings) -> httpx.AsyncClient:
+    """One pooled client for every BidPaw call; redirects are never followed for a partner."""
+    return httpx.AsyncClient(
+        follow_redirects=False,
+        timeout=httpx.Timeout(settings.bidpaw_timeout_seconds),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+    )
+
+
+def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI:
     """The service, bound to `settings.database_url` (local mode resolves it before this)."""
     if settings.database_url is None:
         raise ValueError("create_app needs a database URL; local mode resolves it first")
     database_url = settings.database_url
+    tracing = tracing or setup_tracing(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = create_engine(settings, database_url)
+        http = _bidpaw_http(settings)
+        if tracing is not None:
+            tracing.instrument_engine(engine)
+            tracing.instrument_client(http)
         app.state.engine = engine
+        app.state.bidpaw = BidPawClient(http, settings=settings) if settings.bidpaw_configured else None
+        POOL.track(engine)
         try:
             yield
         finally:
+            await http.aclose()
             await engine.dispose()
 
     app = FastAPI(
@@ -39,7 +62,9 @@ def create_app(settings: Settings) -> FastAPI:
     app.state.sealer = Sealer(settings.encryption_keys)
     app.state.user_id_cipher = UserIdCipher(settings.user_id_keys)
     errors.install_error_handlers(app)
-    app.include_router(betlink.router)
-    app.include_router(players.router)
-    app.include_router(ops.router)
+    app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    for router in (betlink.router, bidpaw.router, players.router, ops.router):
+        app.include_router(router)
+    if tracing is not None:
+        tracing.instrument_app(app)
     return app

@@ -98,6 +98,24 @@ def purge(settings: Settings, *, batch: int) -> None:
         asyncio.run(run(bound.database_url))
 
 
+def bidpaw_sandbox(settings: Settings, *, host: str, port: int) -> None:
+    from partner_gateway.bidpaw.sandbox import run_sandbox
+
+    if not settings.bidpaw_client_id or settings.bidpaw_secret_key is None:
+        print(  # noqa: T201
+            "partner-gateway: configuration error: BIDPAW_CLIENT_ID and BIDPAW_SECRET_KEY are required",
+            file=sys.stderr,
+        )
+        raise SystemExit(2)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    run_sandbox(
+        host=host,
+        port=port,
+        client_id=settings.bidpaw_client_id,
+        secret_key=settings.bidpaw_secret_key.get_secret_value(),
+    )
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="partner-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -107,6 +125,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("migrate", help="apply database migrations")
     purge_cmd = commands.add_parser("purge", help="delete expired idempotency keys and sessions")
     purge_cmd.add_argument("--batch", type=int, default=1000)
+    sandbox_cmd = commands.add_parser(
+        "bidpaw-sandbox", help="serve a local stand-in for BidPaw's open-session API"
+    )
+    sandbox_cmd.add_argument("--host", default="127.0.0.1")
+    sandbox_cmd.add_argument("--port", type=int, default=8100)
     return parser
 
 
@@ -125,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
         migrate(settings)
     elif args.command == "purge":
         purge(settings, batch=args.batch)
+    elif args.command == "bidpaw-sandbox":
+        bidpaw_sandbox(settings, host=args.host, port=args.port)
 
 
 def _secret_values(settings: Settings) -> list[str]:

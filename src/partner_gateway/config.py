@@ -75,6 +75,7 @@ class Settings(BaseSettings):
     bidpaw_timeout_seconds: float = Field(5.0, gt=0)
 
     max_body_bytes: int = Field(65536, ge=1024)
+    otel_exporter_otlp_endpoint: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
 

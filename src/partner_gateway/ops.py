@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from partner_gateway import store
@@ -41,3 +42,9 @@ async def readyz(request: Request) -> JSONResponse:
 
 def _missing_schema(exc: Exception) -> bool:
     return "alembic_version" in str(exc) and "does not exist" in str(exc)
+
+
+@router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+async def metrics() -> Response:
+    """Prometheus text format: HTTP, BetLink auth outcomes, BidPaw calls, database pool, build."""
+    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)

@@ -22,10 +22,13 @@ from partner_gateway.betlink.schemas import (
 )
 from partner_gateway.db import DbDep, utc_now
 from partner_gateway.errors import BetLinkError
+from partner_gateway.logs import get_logger
+from partner_gateway.metrics import BETLINK_AUTH
 from partner_gateway.openapi import problem_responses
 from partner_gateway.security import GatewayCaller, PlayerId, Sealer, SettingsDep, UserIdCipher, match_key
 
 router = APIRouter(prefix="/betlink", tags=["betlink"])
+logger = get_logger(__name__)
 
 
 def _cipher(request: Request) -> UserIdCipher:
@@ -55,6 +58,7 @@ async def create_launch_token(
         conn, user_id=user_id, settings=settings, cipher=_cipher(request), now=utc_now()
     )
     response.headers["Cache-Control"] = "no-store"
+    logger.info("betlink.session_issued", user_id=user_id)
     assert settings.betlink_operator_id is not None
     return LaunchTokenResponse(
         launch_token=issued.token, user_id=issued.betlink_user_id, operator_id=settings.betlink_operator_id
@@ -135,6 +139,11 @@ async def authenticate(
             sealer=sealer,
             now=utc_now(),
         )
+    outcome = "REPLAYED" if result.replayed else "AUTHENTICATED"
+    BETLINK_AUTH.labels(outcome).inc()
+    logger.info(
+        "betlink.replayed" if result.replayed else "betlink.authenticated", user_id=auth_request.user_id
+    )
     return Response(result.body, media_type="application/json")
 
 

@@ -1,0 +1,69 @@
+"""Prometheus metrics, served at /metrics. Route templates, never raw paths, as labels.
+
+The image runs one process per container, so the default registry is the whole truth; see the
+README for running several workers (PROMETHEUS_MULTIPROC_DIR) if that ever changes.
+"""
+
+from __future__ import annotations
+
+import platform
+import weakref
+from collections.abc import Iterator
+
+from prometheus_client import REGISTRY, Counter, Histogram, Info
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.pool import QueuePool
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+HTTP_REQUESTS = Counter(
+    "partner_gateway_http_requests_total", "HTTP requests answered.", ["method", "route", "status"]
+)
+HTTP_LATENCY = Histogram(
+    "partner_gateway_http_request_duration_seconds",
+    "Time from request start to the last byte of the answer.",
+    ["method", "route", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+BETLINK_AUTH = Counter(
+    "partner_gateway_betlink_auth_total",
+    "BetLink Auth endpoint answers by outcome: AUTHENTICATED, REPLAYED or the errorCode.",
+    ["outcome"],
+)
+BIDPAW_CALLS = Counter("partner_gateway_bidpaw_calls", "BidPaw open-session calls by outcome.", ["outcome"])
+BIDPAW_LATENCY = Histogram(
+    "partner_gateway_bidpaw_call_seconds",
+    "BidPaw open-session call latency, retries included, by outcome.",
+    ["outcome"],
+    buckets=LATENCY_BUCKETS,
+)
+BUILD = Info("partner_gateway_build", "Version of the running service.")
+BUILD.info({"version": "0.1.0", "python": platform.python_version()})
+
+
+class PoolCollector(Collector):
+    """Connections of the database pool in use and idle, read at scrape time."""
+
+    def __init__(self) -> None:
+        self._engine: weakref.ref[AsyncEngine] | None = None
+
+    def track(self, engine: AsyncEngine) -> None:
+        self._engine = weakref.ref(engine)
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        engine = self._engine() if self._engine is not None else None
+        pool = engine.sync_engine.pool if engine is not None else None
+        if not isinstance(pool, QueuePool):
+            return
+        in_use = GaugeMetricFamily("partner_gateway_db_pool_in_use", "Pooled connections checked out.")
+        in_use.add_metric([], pool.checkedout())
+        idle = GaugeMetricFamily("partner_gateway_db_pool_idle", "Pooled connections idle in the pool.")
+        idle.add_metric([], pool.checkedin())
+        yield in_use
+        yield idle
+
+
+POOL = PoolCollector()
+REGISTRY.register(POOL)

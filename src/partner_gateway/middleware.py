@@ -1,0 +1,97 @@
+"""Pure ASGI middleware: request ids, the access log line, HTTP metrics and the body size limit.
+
+Pure ASGI rather than BaseHTTPMiddleware: that one runs the app in a separate task, which can
+leave a database connection checked out mid-transaction when a client disconnects.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+
+import structlog
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from partner_gateway.errors import BodyTooLarge
+from partner_gateway.logs import get_logger
+from partner_gateway.metrics import HTTP_LATENCY, HTTP_REQUESTS
+
+logger = get_logger("partner_gateway.access")
+
+REQUEST_ID_HEADER = b"x-request-id"
+_VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def _request_id(scope: Scope) -> str:
+    """The caller's X-Request-ID when it is sane, else a fresh one (never log what we can't trust)."""
+    for name, value in scope["headers"]:
+        if name == REQUEST_ID_HEADER and _VALID_REQUEST_ID.match(value):
+            return str(value.decode())
+    return uuid.uuid4().hex
+
+
+def _route(scope: Scope) -> str:
+    route = scope.get("route")
+    return str(getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched")
+
+
+def _content_length(scope: Scope) -> int | None:
+    for name, value in scope["headers"]:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
+class RequestContextMiddleware:
+    def __init__(self, app: ASGIApp, *, max_body_bytes: int) -> None:
+        self.app = app
+        self.max_body_bytes = max_body_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        request_id = _request_id(scope)
+        structlog.contextvars.bind_contextvars(request_id=request_id)
+        started = time.perf_counter()
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, self._limited(scope, receive), send_with_id)
+        finally:
+            self._record(scope, status, time.perf_counter() - started)
+            structlog.contextvars.unbind_contextvars("request_id")
+
+    def _limited(self, scope: Scope, receive: Receive) -> Receive:
+        """A receive that refuses bodies over the limit, declared or streamed."""
+        declared = _content_length(scope)
+        received = 0
+
+        async def receive_limited() -> Message:
+            nonlocal received
+            if declared is not None and declared > self.max_body_bytes:
+                raise BodyTooLarge(self.max_body_bytes)
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_body_bytes:
+                    raise BodyTooLarge(self.max_body_bytes)
+            return message
+
+        return receive_limited
+
+    def _record(self, scope: Scope, status: int, elapsed: float) -> None:
+        method, route = scope["method"], _route(scope)
+        HTTP_REQUESTS.labels(method, route, str(status)).inc()
+        HTTP_LATENCY.labels(method, route, str(status)).observe(elapsed)
+        logger.info(
+            "http.request", method=method, route=route, status=status, duration_ms=round(elapsed * 1000, 2)
+        )

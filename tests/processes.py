@@ -1,0 +1,49 @@
+"""Real `partner-gateway serve` processes for the tests that need them."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+
+import httpx
+
+from tests.conftest import BETLINK_KEY, ENCRYPTION_KEY, GATEWAY_KEY, OPERATOR_ID, REDIRECT_URL
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def serve(database_url: str, port: int, **settings: str) -> subprocess.Popen[bytes]:
+    """Start `partner-gateway serve` on `port` against `database_url` with the test keys."""
+    env = {
+        **os.environ,
+        "DATABASE_URL": database_url,
+        "GATEWAY_API_KEYS": GATEWAY_KEY,
+        "BETLINK_API_KEYS": BETLINK_KEY,
+        "BETLINK_OPERATOR_ID": OPERATOR_ID,
+        "BETLINK_REDIRECT_URL": REDIRECT_URL,
+        "DATA_ENCRYPTION_KEY": ENCRYPTION_KEY,
+        "LOG_LEVEL": "WARNING",
+        **settings,
+    }
+    return subprocess.Popen([sys.executable, "-m", "partner_gateway", "serve", "--port", str(port)], env=env)
+
+
+def wait_ready(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 60) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"serve exited early with {proc.returncode}")
+        try:
+            if httpx.get(f"{url}/readyz").status_code == 200:
+                return
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    raise TimeoutError(f"{url} did not become ready")

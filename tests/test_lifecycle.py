@@ -1,0 +1,60 @@
+"""SIGTERM: requests already accepted are answered before the process exits."""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+import uuid
+
+import httpx
+import pytest
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from tests.helpers import auth_body, auth_headers, launch
+from tests.processes import free_port, serve, wait_ready
+
+
+@pytest.mark.slow
+class TestGracefulShutdown:
+    async def test_sigterm_lets_an_in_flight_request_finish(
+        self, database_url: str, engine: AsyncEngine
+    ) -> None:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = serve(database_url, port, DB_TIMEOUT_SECONDS="10")
+        try:
+            wait_ready(url, proc)
+            async with httpx.AsyncClient(base_url=url) as client:
+                session = await launch(client)
+            key = uuid.uuid4()
+            answers: list[httpx.Response] = []
+            async with engine.connect() as blocker:
+                # Hold the key's claim so the request is provably in flight when SIGTERM lands.
+                await blocker.execute(
+                    text(
+                        "INSERT INTO idempotency_keys (key, fingerprint, created_at, expires_at) "
+                        "VALUES (:k, '\\x00', now(), now())"
+                    ),
+                    {"k": key},
+                )
+                body, headers = auth_body(session), auth_headers(str(key))
+                call = threading.Thread(
+                    target=lambda: answers.append(
+                        httpx.post(f"{url}/betlink/authenticate", json=body, headers=headers, timeout=30)
+                    )
+                )
+                call.start()
+                time.sleep(0.5)
+                proc.send_signal(signal.SIGTERM)
+                time.sleep(0.5)
+                assert proc.poll() is None, "exited with a request in flight"
+                await blocker.rollback()
+            call.join(timeout=30)
+            assert proc.wait(timeout=30) == 0
+            assert [r.status_code for r in answers] == [200]
+            assert answers[0].json()["status"] == "AUTHENTICATED"
+        finally:
+            if proc.poll() is None:
+                proc.kill()

@@ -1,0 +1,202 @@
+"""Logs, request ids, metrics, overload and body limits."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import logging
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import httpx
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from partner_gateway.logs import REDACTED, Redactor, configure_logging, redactor
+from tests.conftest import BETLINK_KEY, ENCRYPTION_KEY, GATEWAY_HEADERS, GATEWAY_KEY, app_of
+from tests.helpers import auth_headers, authenticate, launch
+
+
+@pytest.fixture
+def json_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
+    """Configure the service's JSON logging at DEBUG into a buffer; parse every line written since."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    buffer = io.StringIO()
+    configure_logging(level="DEBUG", fmt="json", stream=buffer)
+    redactor.register([GATEWAY_KEY, BETLINK_KEY, ENCRYPTION_KEY])
+
+    def lines() -> list[dict[str, Any]]:
+        out = buffer.getvalue()
+        buffer.seek(0)
+        buffer.truncate()
+        return [json.loads(line) for line in out.splitlines() if line.strip()]
+
+    yield lines
+    root.handlers[:] = saved[0]
+    root.setLevel(saved[1])
+
+
+class TestLogs:
+    async def test_a_full_flow_logs_json_with_request_ids_and_no_secrets(
+        self, client: httpx.AsyncClient, json_logs: Callable[[], list[dict[str, Any]]]
+    ) -> None:
+        secrets = [GATEWAY_KEY, BETLINK_KEY, ENCRYPTION_KEY]
+        session = await launch(client)
+        key = str(uuid.uuid4())
+        answer = (await authenticate(client, session, key=key)).json()
+        await authenticate(client, session, key=key)  # replay
+        await authenticate(client, session)  # rejection: token used
+        await client.post("/betlink/session", headers={"X-User-Id": "p"})  # 401
+        secrets += [session["launchToken"], answer["operatorSessionToken"]]
+
+        lines = json_logs()
+        raw = json.dumps(lines)
+        for secret in secrets:
+            assert secret not in raw
+        events = [line["event"] for line in lines]
+        for expected in ("betlink.session_issued", "betlink.authenticated", "betlink.replayed"):
+            assert expected in events
+        rejected = [line for line in lines if line["event"] == "betlink.auth_rejected"]
+        assert [line["error_code"] for line in rejected] == ["INVALID_SESSION"]
+        access = [line for line in lines if line["event"] == "http.request"]
+        assert len(access) == 5
+        assert {line["route"] for line in access} == {"/betlink/session", "/betlink/authenticate"}
+        assert all(line["level"] == "info" and "duration_ms" in line for line in access)
+        request_lines = [line for line in lines if line.get("logger", "").startswith("partner_gateway")]
+        assert all("request_id" in line for line in request_lines)
+        assert len({line["request_id"] for line in access}) == 5
+
+    async def test_every_line_of_a_request_carries_its_id(
+        self, client: httpx.AsyncClient, json_logs: Callable[[], list[dict[str, Any]]]
+    ) -> None:
+        json_logs()
+        response = await client.post(
+            "/betlink/session", headers={**GATEWAY_HEADERS, "X-User-Id": "p", "X-Request-ID": "trace-abc.1"}
+        )
+        assert response.headers["x-request-id"] == "trace-abc.1"
+        lines = json_logs()
+        assert lines
+        assert {line.get("request_id") for line in lines} == {"trace-abc.1"}
+
+    async def test_request_id_is_generated_when_absent_or_unsafe(self, client: httpx.AsyncClient) -> None:
+        plain = await client.get("/healthz")
+        assert len(plain.headers["x-request-id"]) == 32
+        unsafe = await client.get("/healthz", headers={"X-Request-ID": "bad id\twith spaces"})
+        assert unsafe.headers["x-request-id"] != "bad id\twith spaces"
+
+
+class TestRedactor:
+    def test_masks_secret_keys_urls_and_registered_values(self) -> None:
+        redactor = Redactor()
+        redactor.register(["s3cr3t-value"])
+        event = {
+            "event": "calling https://bidpaw.example/auctions?token=abc&session=def now",
+            "sign": "deadbeef",
+            "operatorSessionToken": "tok",
+            "headers": {"Authorization": "Bearer x", "accept": "json"},
+            "note": "the key is s3cr3t-value",
+        }
+        cleaned = redactor(None, "info", event)
+        assert cleaned["event"] == f"calling https://bidpaw.example/auctions?{REDACTED} now"
+        assert cleaned["sign"] == REDACTED
+        assert cleaned["operatorSessionToken"] == REDACTED
+        assert cleaned["headers"] == {"Authorization": REDACTED, "accept": "json"}
+        assert cleaned["note"] == f"the key is {REDACTED}"
+
+
+class TestMetrics:
+    async def test_series_with_route_templates_after_traffic(self, client: httpx.AsyncClient) -> None:
+        session = await launch(client)
+        await authenticate(client, session)
+        await authenticate(client, session)
+        await client.put("/players/someone/block", headers=GATEWAY_HEADERS)
+        response = await client.get("/metrics")
+        assert response.status_code == 200
+        assert response.headers["content-type"].startswith("text/plain")
+        samples = {
+            (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+            for family in text_string_to_metric_families(response.text)
+            for sample in family.samples
+        }
+        names = {name for name, _ in samples}
+
+        def labels(**values: str) -> tuple[tuple[str, str], ...]:
+            return tuple(sorted(values.items()))
+
+        assert (
+            samples[
+                (
+                    "partner_gateway_http_requests_total",
+                    labels(method="POST", route="/betlink/session", status="201"),
+                )
+            ]
+            >= 1
+        )
+        assert (
+            "partner_gateway_http_requests_total",
+            labels(method="PUT", route="/players/{userId}/block", status="204"),
+        ) in samples
+        assert "partner_gateway_http_request_duration_seconds_bucket" in names
+        assert samples[("partner_gateway_betlink_auth_total", labels(outcome="AUTHENTICATED"))] >= 1
+        assert samples[("partner_gateway_betlink_auth_total", labels(outcome="INVALID_SESSION"))] >= 1
+        assert ("partner_gateway_db_pool_in_use", ()) in samples
+        assert ("partner_gateway_db_pool_idle", ()) in samples
+        assert any(name == "partner_gateway_build_info" for name in names)
+        assert not any("someone" in str(key) for key in samples)
+
+
+class TestOverload:
+    async def test_pool_exhaustion_answers_fast_503s(self, make_client: Callable[..., Any]) -> None:
+        client = await make_client(db_pool_size=1, db_max_overflow=0, db_timeout_seconds=1)
+        session = await launch(client)
+        engine: AsyncEngine = app_of(client).state.engine
+        async with engine.connect():  # a slow request holding the pool's only connection
+            started = time.monotonic()
+            queued_session, queued_auth = await asyncio.gather(
+                client.post("/betlink/session", headers={**GATEWAY_HEADERS, "X-User-Id": "p"}),
+                authenticate(client, session),
+            )
+            elapsed = time.monotonic() - started
+        assert queued_session.status_code == 503
+        assert queued_session.headers["content-type"] == "application/problem+json"
+        assert queued_auth.status_code == 503
+        assert queued_auth.json()["errorCode"] == "REQUEST_TIMED_OUT"
+        assert elapsed < 2.5
+        assert (await authenticate(client, session)).status_code == 200  # recovered by itself
+
+
+class TestBodyLimit:
+    async def test_oversize_body_is_413_problem(self, make_client: Callable[..., Any]) -> None:
+        client = await make_client(max_body_bytes=1024)
+        response = await client.post(
+            "/betlink/sessions/introspect", headers=GATEWAY_HEADERS, json={"operatorSessionToken": "x" * 5000}
+        )
+        assert response.status_code == 413
+        assert response.headers["content-type"] == "application/problem+json"
+
+    async def test_oversize_body_on_authenticate_keeps_betlinks_shape(
+        self, make_client: Callable[..., Any]
+    ) -> None:
+        client = await make_client(max_body_bytes=1024)
+        response = await client.post("/betlink/authenticate", headers=auth_headers(), content=b"x" * 5000)
+        assert response.status_code == 400
+        assert response.json()["errorCode"] == "MISSING_PARAMETER"
+
+    async def test_streamed_body_without_length_is_limited_too(self, make_client: Callable[..., Any]) -> None:
+        client = await make_client(max_body_bytes=1024)
+
+        async def chunks() -> Any:
+            for _ in range(10):
+                yield b"x" * 512
+
+        response = await client.post(
+            "/betlink/sessions/introspect",
+            headers={**GATEWAY_HEADERS, "Content-Type": "application/json"},
+            content=chunks(),
+        )
+        assert response.status_code == 413
