@@ -48,7 +48,9 @@ def _uv() -> str:
 
 def _sync() -> None:
     command = [_uv(), "sync", "--locked", "--quiet", "--python", sys.executable]
-    subprocess.run(command, check=True, cwd=ROOT, env={**os.environ, "UV_PROJECT_ENVIRONMENT": str(VENV)})
+    # The platform's certificate store, as pip uses it (machines behind a TLS-inspecting proxy).
+    env = {"UV_SYSTEM_CERTS": "1", **os.environ, "UV_PROJECT_ENVIRONMENT": str(VENV)}
+    subprocess.run(command, check=True, cwd=ROOT, env=env)
 
 
 def _run(*command: str) -> int:

@@ -13,12 +13,17 @@ from typing import Any
 
 import httpx
 import pytest
+import respx
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from partner_gateway.logs import REDACTED, Redactor, configure_logging, redactor
 from tests.conftest import BETLINK_KEY, ENCRYPTION_KEY, GATEWAY_HEADERS, GATEWAY_KEY, app_of
 from tests.helpers import auth_headers, authenticate, launch
+
+
+BIDPAW_URL = "https://bidpaw.test"
+BIDPAW_SECRET = "bidpaw-secret-value"
 
 
 @pytest.fixture
@@ -43,16 +48,43 @@ def json_logs() -> Iterator[Callable[[], list[dict[str, Any]]]]:
 
 class TestLogs:
     async def test_a_full_flow_logs_json_with_request_ids_and_no_secrets(
-        self, client: httpx.AsyncClient, json_logs: Callable[[], list[dict[str, Any]]]
+        self, make_client: Callable[..., Any], json_logs: Callable[[], list[dict[str, Any]]]
     ) -> None:
-        secrets = [GATEWAY_KEY, BETLINK_KEY, ENCRYPTION_KEY]
+        bidpaw = {
+            "bidpaw_api_url": BIDPAW_URL,
+            "bidpaw_client_id": "casino-1",
+            "bidpaw_secret_key": BIDPAW_SECRET,
+        }
+        client = await make_client(**bidpaw)
+        redactor.register([BIDPAW_SECRET])
+        secrets = [
+            GATEWAY_KEY,
+            BETLINK_KEY,
+            ENCRYPTION_KEY,
+            BIDPAW_SECRET,
+            "iframe-token-xyz",
+            "iframe-session",
+        ]
         session = await launch(client)
         key = str(uuid.uuid4())
         answer = (await authenticate(client, session, key=key)).json()
         await authenticate(client, session, key=key)  # replay
         await authenticate(client, session)  # rejection: token used
         await client.post("/betlink/session", headers={"X-User-Id": "p"})  # 401
-        secrets += [session["launchToken"], answer["operatorSessionToken"]]
+        with respx.mock(assert_all_called=True) as mock:
+            route = mock.get(url__startswith=f"{BIDPAW_URL}/api/casino/open-session/")
+            route.side_effect = [
+                httpx.Response(
+                    200, json={"iframeURL": f"{BIDPAW_URL}/lobby?token=iframe-token-xyz&s=iframe-session"}
+                ),
+                httpx.Response(500, text="upstream trace with iframe-token-xyz"),
+            ]
+            headers = {**GATEWAY_HEADERS, "X-User-Id": "player-1"}
+            ok = await client.get("/bidpaw/open-session", params={"nick": "Jöhn"}, headers=headers)
+            failed = await client.get("/bidpaw/open-session", headers=headers)
+            signs = [call.request.headers["sign"] for call in route.calls]
+        assert (ok.status_code, failed.status_code) == (200, 502)
+        secrets += [session["launchToken"], answer["operatorSessionToken"], *signs]
 
         lines = json_logs()
         raw = json.dumps(lines)
@@ -63,13 +95,21 @@ class TestLogs:
             assert expected in events
         rejected = [line for line in lines if line["event"] == "betlink.auth_rejected"]
         assert [line["error_code"] for line in rejected] == ["INVALID_SESSION"]
+        bidpaw_lines = [line for line in lines if line["event"] == "bidpaw.open_session"]
+        assert [line["outcome"] for line in bidpaw_lines] == ["ok", "server_error"]
         access = [line for line in lines if line["event"] == "http.request"]
-        assert len(access) == 5
-        assert {line["route"] for line in access} == {"/betlink/session", "/betlink/authenticate"}
+        assert len(access) == 7
+        assert {line["route"] for line in access} == {
+            "/betlink/session",
+            "/betlink/authenticate",
+            "/bidpaw/open-session",
+        }
         assert all(line["level"] == "info" and "duration_ms" in line for line in access)
         request_lines = [line for line in lines if line.get("logger", "").startswith("partner_gateway")]
         assert all("request_id" in line for line in request_lines)
-        assert len({line["request_id"] for line in access}) == 5
+        assert len({line["request_id"] for line in access}) == 7
+        for line in request_lines:  # every line of a request carries that request's id
+            assert line["request_id"] in {a["request_id"] for a in access}
 
     async def test_every_line_of_a_request_carries_its_id(
         self, client: httpx.AsyncClient, json_logs: Callable[[], list[dict[str, Any]]]
