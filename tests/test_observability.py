@@ -21,7 +21,6 @@ from partner_gateway.logs import REDACTED, Redactor, configure_logging, redactor
 from tests.conftest import BETLINK_KEY, ENCRYPTION_KEY, GATEWAY_HEADERS, GATEWAY_KEY, app_of
 from tests.helpers import auth_headers, authenticate, launch
 
-
 BIDPAW_URL = "https://bidpaw.test"
 BIDPAW_SECRET = "bidpaw-secret-value"
 
