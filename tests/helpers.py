@@ -6,6 +6,8 @@ import uuid
 from typing import Any
 
 import httpx
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import AsyncConnection
 
 from tests.conftest import BETLINK_KEY, GATEWAY_HEADERS, OPERATOR_ID
 
@@ -44,3 +46,14 @@ async def authenticate(
 
 def failure(code: str, message: str) -> dict[str, str]:
     return {"status": "FAILED_AUTHENTICATION", "errorCode": code, "errorMessage": message}
+
+
+async def hold_key_claim(conn: AsyncConnection, key: uuid.UUID) -> None:
+    """Act as a first request still running: claim `key` in `conn`'s open transaction."""
+    await conn.execute(
+        text(
+            "INSERT INTO idempotency_keys (key, fingerprint, created_at, expires_at) "
+            "VALUES (:k, '\\x00', now(), now())"
+        ),
+        {"k": key},
+    )

@@ -19,7 +19,7 @@ from partner_gateway.betlink import service
 from partner_gateway.betlink.schemas import AuthenticateRequest
 from partner_gateway.errors import BetLinkError
 from tests.conftest import BETLINK_KEY_ROTATED, OPERATOR_ID, REDIRECT_URL, app_of
-from tests.helpers import auth_body, auth_headers, authenticate, failure, launch
+from tests.helpers import auth_body, auth_headers, authenticate, failure, hold_key_claim, launch
 
 URL = "/betlink/authenticate"
 TOKEN = re.compile(r"^[A-Za-z0-9_-]{43,}$")
@@ -296,13 +296,7 @@ class TestRows10And11Failures:
         key = uuid.uuid4()
         async with engine.connect() as blocker:
             # A first request that is still running: it holds the key's claim, uncommitted.
-            await blocker.execute(
-                text(
-                    "INSERT INTO idempotency_keys (key, fingerprint, created_at, expires_at) "
-                    "VALUES (:k, '\\x00', now(), now())"
-                ),
-                {"k": key},
-            )
+            await hold_key_claim(blocker, key)
             response = await authenticate(client, session, key=str(key))
             await blocker.rollback()
         assert response.status_code == 503

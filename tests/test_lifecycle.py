@@ -9,10 +9,9 @@ import uuid
 
 import httpx
 import pytest
-from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.helpers import auth_body, auth_headers, launch
+from tests.helpers import auth_body, auth_headers, hold_key_claim, launch
 from tests.processes import free_port, serve, wait_ready
 
 
@@ -32,13 +31,7 @@ class TestGracefulShutdown:
             answers: list[httpx.Response] = []
             async with engine.connect() as blocker:
                 # Hold the key's claim so the request is provably in flight when SIGTERM lands.
-                await blocker.execute(
-                    text(
-                        "INSERT INTO idempotency_keys (key, fingerprint, created_at, expires_at) "
-                        "VALUES (:k, '\\x00', now(), now())"
-                    ),
-                    {"k": key},
-                )
+                await hold_key_claim(blocker, key)
                 body, headers = auth_body(session), auth_headers(str(key))
                 call = threading.Thread(
                     target=lambda: answers.append(

@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from partner_gateway import store
 from partner_gateway.config import Settings
@@ -30,18 +31,21 @@ async def purge_expired(
     engine: AsyncEngine, *, settings: Settings, now: datetime, batch: int = 1000
 ) -> Purged:
     """Delete in batches of `batch` rows, each in its own transaction, until nothing is left."""
-    keys = sessions = 0
-    while True:
-        async with engine.begin() as conn:
-            deleted = await store.purge_keys(conn, now=now, batch=batch)
-        keys += deleted
-        if deleted < batch:
-            break
     cutoff = session_cutoff(settings, now=now)
+    keys = await _drain(engine, lambda conn: store.purge_keys(conn, now=now, batch=batch), batch=batch)
+    sessions = await _drain(
+        engine, lambda conn: store.purge_sessions(conn, before=cutoff, batch=batch), batch=batch
+    )
+    return Purged(keys=keys, sessions=sessions)
+
+
+async def _drain(
+    engine: AsyncEngine, delete: Callable[[AsyncConnection], Awaitable[int]], *, batch: int
+) -> int:
+    total = 0
     while True:
         async with engine.begin() as conn:
-            deleted = await store.purge_sessions(conn, before=cutoff, batch=batch)
-        sessions += deleted
+            deleted = await delete(conn)
+        total += deleted
         if deleted < batch:
-            break
-    return Purged(keys=keys, sessions=sessions)
+            return total
