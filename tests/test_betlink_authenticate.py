@@ -313,7 +313,7 @@ class TestRows10And11Failures:
         async def broken(*args: Any, **kwargs: Any) -> None:
             raise RuntimeError("boom")
 
-        monkeypatch.setattr(store, "lock_session", broken)
+        monkeypatch.setattr(store, "claim_key", broken)
         response = await authenticate(client, session)
         assert response.status_code == 500
         assert response.json() == failure("GENERAL_EXCEPTION", "unexpected error")

@@ -67,7 +67,7 @@ class Settings(BaseSettings):
     db_timeout_seconds: float = Field(5.0, gt=0)
     db_pool_size: int = Field(10, ge=1)
     db_max_overflow: int = Field(10, ge=0)
-    db_pool_pre_ping: bool = True
+    db_pool_pre_ping: bool = False
 
     bidpaw_api_url: str | None = None
     bidpaw_client_id: str | None = None

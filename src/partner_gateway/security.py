@@ -56,7 +56,7 @@ def match_key(presented: str | None, keys: Sequence[SecretStr]) -> str | None:
     return key_label(found) if found is not None else None
 
 
-def settings_of(request: Request) -> Settings:
+async def settings_of(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
 
@@ -69,7 +69,9 @@ class Caller:
     label: str
 
 
-def gateway_caller(settings: SettingsDep, authorization: Annotated[str | None, Header()] = None) -> Caller:
+async def gateway_caller(
+    settings: SettingsDep, authorization: Annotated[str | None, Header()] = None
+) -> Caller:
     """The casino gateway, authenticated by `Authorization: Bearer <one of GATEWAY_API_KEYS>`."""
     scheme, _, presented = (authorization or "").partition(" ")
     label = match_key(presented.strip(), settings.gateway_api_keys) if scheme.lower() == "bearer" else None
@@ -144,7 +146,7 @@ def check_user_id(value: str) -> str:
     return value
 
 
-def player_id(
+async def player_id(
     request: Request,
     x_user_id: Annotated[
         str | None, Header(description="The player's id, set by the gateway after its login check (UTF-8).")

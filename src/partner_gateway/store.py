@@ -36,14 +36,30 @@ async def create_session(
     return result.first() is not None
 
 
-# Race: simultaneous requests with one idempotency key. The primary key decides: the first
-# INSERT wins; the others wait on its transaction (bounded by lock_timeout), then insert
-# nothing if it committed, or take over the claim if it rolled back (failures are not stored).
-_CLAIM_KEY = text("""
-INSERT INTO idempotency_keys (key, fingerprint, created_at, expires_at)
-VALUES (:key, :fingerprint, :now, :expires_at)
-ON CONFLICT (key) DO NOTHING
-RETURNING true
+# Two races are decided by this one statement (one round trip on the hot path):
+# - Simultaneous requests with one idempotency key: the primary key decides. The first INSERT
+#   wins; the others wait on its transaction (bounded by lock_timeout), then insert nothing if
+#   it committed, or take the claim over if it rolled back (failures are not stored).
+# - Simultaneous exchanges of one launch token under different keys: FOR UPDATE makes them
+#   queue on the session row; the first sets session_token_hash, the rest then see it used.
+# The session is looked at (and locked) only when the key was claimed: a replay locks nothing.
+_CLAIM_KEY_LOCK_SESSION = text("""
+WITH claim AS (
+    INSERT INTO idempotency_keys (key, fingerprint, created_at, expires_at)
+    VALUES (:key, :fingerprint, :now, :expires_at)
+    ON CONFLICT (key) DO NOTHING
+    RETURNING key
+)
+SELECT EXISTS (SELECT FROM claim) AS claimed, session.*
+FROM (VALUES (1)) AS one (x)
+LEFT JOIN LATERAL (
+    SELECT s.id, s.user_id, s.launch_expires_at, s.revoked_at,
+           s.session_token_hash IS NOT NULL AS exchanged,
+           coalesce(p.blocked, false) AS blocked
+    FROM user_sessions s LEFT JOIN players p ON p.user_id = s.user_id
+    WHERE s.launch_token_hash = :token_hash AND EXISTS (SELECT FROM claim)
+    FOR UPDATE OF s
+) AS session ON true
 """)
 
 _PROCESSED_KEY = text("SELECT fingerprint, response FROM idempotency_keys WHERE key = :key")
@@ -53,30 +69,6 @@ _PROCESSED_KEY = text("SELECT fingerprint, response FROM idempotency_keys WHERE 
 class ProcessedKey:
     fingerprint: bytes
     response: bytes
-
-
-async def claim_key(
-    conn: AsyncConnection, *, key: uuid.UUID, fingerprint: bytes, now: datetime, expires_at: datetime
-) -> ProcessedKey | None:
-    """Claim `key` for this transaction, or return what it already answered."""
-    params = {"key": key, "fingerprint": fingerprint, "now": now, "expires_at": expires_at}
-    if (await conn.execute(_CLAIM_KEY, params)).first() is not None:
-        return None
-    # A new statement takes a new snapshot, so it sees the winner's committed row.
-    row = (await conn.execute(_PROCESSED_KEY, {"key": key})).one()
-    return ProcessedKey(fingerprint=row.fingerprint, response=row.response)
-
-
-# Race: simultaneous exchanges of one launch token under different keys. The row lock makes
-# them queue; the first sets session_token_hash, and the rest then see the token as used.
-_LOCK_SESSION = text("""
-SELECT s.id, s.user_id, s.launch_expires_at, s.revoked_at,
-       s.session_token_hash IS NOT NULL AS exchanged,
-       coalesce(p.blocked, false) AS blocked
-FROM user_sessions s LEFT JOIN players p ON p.user_id = s.user_id
-WHERE s.launch_token_hash = :token_hash
-FOR UPDATE OF s
-""")
 
 
 @dataclass(frozen=True)
@@ -89,9 +81,48 @@ class LockedSession:
     blocked: bool
 
 
-async def lock_session(conn: AsyncConnection, *, token_hash: bytes) -> LockedSession | None:
-    row = (await conn.execute(_LOCK_SESSION, {"token_hash": token_hash})).first()
-    return LockedSession(**row._mapping) if row is not None else None
+@dataclass(frozen=True)
+class Claim:
+    """The key was claimed by this transaction; `session` is the launch token's, locked, if any."""
+
+    session: LockedSession | None
+
+
+async def claim_key(
+    conn: AsyncConnection,
+    *,
+    key: uuid.UUID,
+    fingerprint: bytes,
+    token_hash: bytes,
+    now: datetime,
+    expires_at: datetime,
+) -> Claim | ProcessedKey:
+    """Claim `key` and lock the session of `token_hash`, or return what the key already answered."""
+    params = {
+        "key": key,
+        "fingerprint": fingerprint,
+        "token_hash": token_hash,
+        "now": now,
+        "expires_at": expires_at,
+    }
+    row = (await conn.execute(_CLAIM_KEY_LOCK_SESSION, params)).one()
+    if row.claimed:
+        session = (
+            None
+            if row.id is None
+            else LockedSession(
+                id=row.id,
+                user_id=row.user_id,
+                launch_expires_at=row.launch_expires_at,
+                revoked_at=row.revoked_at,
+                exchanged=row.exchanged,
+                blocked=row.blocked,
+            )
+        )
+        return Claim(session=session)
+    # A new statement takes a new snapshot, so it sees the winner's committed row.
+    processed = (await conn.execute(_PROCESSED_KEY, {"key": key})).one()
+    return ProcessedKey(fingerprint=processed.fingerprint, response=processed.response)
 
 
 _EXCHANGE = text("""

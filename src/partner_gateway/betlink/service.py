@@ -82,14 +82,17 @@ async def authenticate(
         raise BetLinkError("AUTHENTICATION_FAILED", "operatorId is not this operator's")
     key_expiry = now + timedelta(seconds=settings.idempotency_ttl_seconds)
     fp = fingerprint(request)
-    processed = await store.claim_key(
-        conn, key=idempotency_key, fingerprint=fp, now=now, expires_at=key_expiry
+    claim = await store.claim_key(
+        conn,
+        key=idempotency_key,
+        fingerprint=fp,
+        token_hash=digest(request.launch_token),
+        now=now,
+        expires_at=key_expiry,
     )
-    if processed is not None:
-        return _replay(processed, fingerprint=fp, key=idempotency_key, sealer=sealer)
-    session = await store.lock_session(conn, token_hash=digest(request.launch_token))
-    _check_session(session, request=request, cipher=cipher, now=now)
-    assert session is not None
+    if isinstance(claim, store.ProcessedKey):
+        return _replay(claim, fingerprint=fp, key=idempotency_key, sealer=sealer)
+    session = _check_session(claim.session, request=request, cipher=cipher, now=now)
     return await _exchange(
         conn, session, request=request, key=idempotency_key, settings=settings, sealer=sealer, now=now
     )
@@ -105,7 +108,7 @@ def _replay(
 
 def _check_session(
     session: store.LockedSession | None, *, request: AuthenticateRequest, cipher: UserIdCipher, now: datetime
-) -> None:
+) -> store.LockedSession:
     if session is None:
         raise BetLinkError("INVALID_SESSION", "no session has this launch token")
     real_user_id = cipher.decrypt(request.user_id)
@@ -115,6 +118,7 @@ def _check_session(
         raise BetLinkError("USER_BLOCKED", "the player is blocked")
     if session.revoked_at is not None or session.exchanged or session.launch_expires_at <= now:
         raise BetLinkError("INVALID_SESSION", "the launch token has expired or was already used")
+    return session
 
 
 async def _exchange(
