@@ -19,7 +19,7 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def serve(database_url: str, port: int, **settings: str) -> subprocess.Popen[bytes]:
+def serve(database_url: str, port: int, *, workers: int = 1, **settings: str) -> subprocess.Popen[bytes]:
     """Start `partner-gateway serve` on `port` against `database_url` with the test keys."""
     env = {
         **os.environ,
@@ -32,7 +32,8 @@ def serve(database_url: str, port: int, **settings: str) -> subprocess.Popen[byt
         "LOG_LEVEL": "WARNING",
         **settings,
     }
-    return subprocess.Popen([sys.executable, "-m", "partner_gateway", "serve", "--port", str(port)], env=env)
+    command = ["serve", "--port", str(port), "--workers", str(workers)]
+    return subprocess.Popen([sys.executable, "-m", "partner_gateway", *command], env=env)
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 60) -> None:

@@ -51,3 +51,25 @@ class TestGracefulShutdown:
         finally:
             if proc.poll() is None:
                 proc.kill()
+
+
+@pytest.mark.slow
+class TestWorkers:
+    async def test_two_workers_serve_and_stop_together(self, database_url: str) -> None:
+        port = free_port()
+        url = f"http://127.0.0.1:{port}"
+        proc = serve(database_url, port, workers=2)
+        try:
+            wait_ready(url, proc)
+            async with httpx.AsyncClient(base_url=url) as client:
+                for _ in range(6):
+                    session = await launch(client)
+                    response = await client.post(
+                        "/betlink/authenticate", json=auth_body(session), headers=auth_headers()
+                    )
+                    assert response.status_code == 200
+            proc.send_signal(signal.SIGTERM)
+            assert proc.wait(timeout=30) == 0
+        finally:
+            if proc.poll() is None:
+                proc.kill()

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import signal
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
+
+from pydantic import SecretStr
 
 from partner_gateway.config import ConfigError, Settings, load_settings
 from partner_gateway.logs import configure_logging, get_logger, redactor
@@ -50,7 +54,15 @@ def _announce(generated: dict[str, str], host: str, port: int) -> None:
     )
 
 
-def serve(settings: Settings, generated: dict[str, str], *, host: str, port: int) -> None:
+UVICORN_OPTIONS: dict[str, Any] = {
+    "log_config": None,  # ours: JSON lines, uvicorn's included
+    "access_log": False,  # our middleware writes the access line
+    "timeout_graceful_shutdown": 10,
+    "server_header": False,
+}
+
+
+def serve(settings: Settings, generated: dict[str, str], *, host: str, port: int, workers: int) -> None:
     import uvicorn
 
     from partner_gateway.app import create_app
@@ -58,15 +70,38 @@ def serve(settings: Settings, generated: dict[str, str], *, host: str, port: int
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     with database(settings) as bound:
         _announce(generated, host, port)
+        if workers == 1:
+            uvicorn.run(create_app(bound), host=host, port=port, **UVICORN_OPTIONS)
+            return
+        # Worker processes build their own app from the environment: hand them the resolved
+        # settings (local mode's embedded URL and generated keys) as environment variables.
+        os.environ.update(_as_environment(bound))
         uvicorn.run(
-            create_app(bound),
+            "partner_gateway.app:app_from_environment",
+            factory=True,
             host=host,
             port=port,
-            log_config=None,
-            access_log=False,
-            timeout_graceful_shutdown=10,
-            server_header=False,
+            workers=workers,
+            **UVICORN_OPTIONS,
         )
+
+
+def _as_environment(settings: Settings) -> dict[str, str]:
+    assert settings.database_url is not None
+    assert settings.betlink_operator_id is not None
+    assert settings.betlink_redirect_url is not None
+    return {
+        "DATABASE_URL": settings.database_url,
+        "GATEWAY_API_KEYS": _joined(settings.gateway_api_keys),
+        "BETLINK_API_KEYS": _joined(settings.betlink_api_keys),
+        "DATA_ENCRYPTION_KEY": _joined(settings.data_encryption_key),
+        "BETLINK_OPERATOR_ID": settings.betlink_operator_id,
+        "BETLINK_REDIRECT_URL": settings.betlink_redirect_url,
+    }
+
+
+def _joined(keys: list[SecretStr]) -> str:
+    return ",".join(key.get_secret_value() for key in keys)
 
 
 def migrate(settings: Settings) -> None:
@@ -122,6 +157,9 @@ def _parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="run the HTTP API")
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8000)
+    serve_cmd.add_argument(
+        "--workers", type=int, default=1, help="worker processes (default 1: one process per container)"
+    )
     commands.add_parser("migrate", help="apply database migrations")
     purge_cmd = commands.add_parser("purge", help="delete expired idempotency keys and sessions")
     purge_cmd.add_argument("--batch", type=int, default=1000)
@@ -141,9 +179,9 @@ def main(argv: list[str] | None = None) -> None:
         print(f"partner-gateway: configuration error: {exc}", file=sys.stderr)  # noqa: T201
         raise SystemExit(2) from None
     configure_logging(level=settings.log_level, fmt=settings.log_format)
-    redactor.register(_secret_values(settings))
+    redactor.register(secret_values(settings))
     if args.command == "serve":
-        serve(settings, generated, host=args.host, port=args.port)
+        serve(settings, generated, host=args.host, port=args.port, workers=args.workers)
     elif args.command == "migrate":
         migrate(settings)
     elif args.command == "purge":
@@ -152,7 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         bidpaw_sandbox(settings, host=args.host, port=args.port)
 
 
-def _secret_values(settings: Settings) -> list[str]:
+def secret_values(settings: Settings) -> list[str]:
+    """Every configured secret, for the log redactor."""
     keys = [*settings.gateway_api_keys, *settings.betlink_api_keys, *settings.data_encryption_key]
     keys += settings.betlink_user_id_key
     if settings.bidpaw_secret_key is not None:

@@ -1,0 +1,1 @@
+"""partner-gateway's benchmark: the service measured against this machine's own ceilings."""
