@@ -67,8 +67,10 @@ class TestOneLaunchTokenManyKeys:
 def two_processes(database_url: str) -> Iterator[list[str]]:
     """Two real `partner-gateway serve` processes on one database."""
     ports = [free_port(), free_port()]
-    settings = {"DB_POOL_SIZE": "20", "DB_MAX_OVERFLOW": "20", "DB_TIMEOUT_SECONDS": "10"}
-    procs = [serve(database_url, port, **settings) for port in ports]
+    procs = [
+        serve(database_url, port, DB_POOL_SIZE="20", DB_MAX_OVERFLOW="20", DB_TIMEOUT_SECONDS="10")
+        for port in ports
+    ]
     try:
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         for url, proc in zip(urls, procs, strict=True):

@@ -360,14 +360,11 @@ class TestOpenApi:
 
 @pytest.fixture
 def json_logs() -> Iterator[Callable[[], str]]:
-    """The service's JSON log pipeline at DEBUG, its stdout handler writing to a buffer instead."""
+    """The service's JSON log pipeline at DEBUG, writing to a buffer instead of stdout."""
     root = logging.getLogger()
     handlers, level = root.handlers[:], root.level
-    configure_logging(level="DEBUG", fmt="json")
     buffer = io.StringIO()
-    handler = root.handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(buffer)
+    configure_logging(level="DEBUG", fmt="json", stream=buffer)
     yield buffer.getvalue
     root.handlers[:] = handlers
     root.setLevel(level)

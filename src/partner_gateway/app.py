@@ -13,7 +13,7 @@ from partner_gateway.betlink import endpoints as betlink
 from partner_gateway.bidpaw import endpoints as bidpaw
 from partner_gateway.bidpaw.client import BidPawClient
 from partner_gateway.config import Settings
-from partner_gateway.db import create_engine
+from partner_gateway.db import Database, create_engine
 from partner_gateway.metrics import POOL
 from partner_gateway.middleware import RequestContextMiddleware
 from partner_gateway.security import Sealer, UserIdCipher
@@ -44,6 +44,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI
             tracing.instrument_engine(engine)
             tracing.instrument_client(http)
         app.state.engine = engine
+        app.state.database = Database(engine)
         app.state.bidpaw = BidPawClient(http, settings=settings) if settings.bidpaw_configured else None
         POOL.track(engine)
         try:

@@ -65,8 +65,8 @@ class Settings(BaseSettings):
     idempotency_ttl_seconds: int = Field(86400, gt=0)
 
     db_timeout_seconds: float = Field(5.0, gt=0)
-    db_pool_size: int = Field(10, ge=1)
-    db_max_overflow: int = Field(10, ge=0)
+    db_pool_size: int = Field(20, ge=1)
+    db_max_overflow: int = Field(0, ge=0)
     db_pool_pre_ping: bool = False
 
     bidpaw_api_url: str | None = None

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from contextlib import AbstractAsyncContextManager
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -60,15 +60,28 @@ def create_engine(settings: Settings, url: str) -> AsyncEngine:
     )
 
 
-async def get_connection(request: Request) -> AsyncIterator[AsyncConnection]:
-    """One transaction per request, committed before the response is sent.
+class Database:
+    """The two ways a request uses the database, both committed before the response is sent.
 
-    Declared with `scope="function"`: the commit runs when the endpoint returns, so a commit
-    failure is still the request's answer. An exception rolls everything back together.
+    `transaction()`: one transaction for several statements; an exception rolls all back.
+    `statement()`: a connection in autocommit for a request whose work is a single statement,
+    which is then its own transaction: no BEGIN and COMMIT round trips.
     """
-    engine: AsyncEngine = request.app.state.engine
-    async with engine.begin() as connection:
-        yield connection
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self.engine = engine
+        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self.engine.begin()
+
+    def statement(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self._autocommit.connect()
 
 
-DbDep = Annotated[AsyncConnection, Depends(get_connection, scope="function")]
+async def database_of(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+DatabaseDep = Annotated[Database, Depends(database_of)]

@@ -7,6 +7,7 @@ its session token there) are dropped.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import sys
@@ -22,6 +23,11 @@ _SENSITIVE_KEY = re.compile(
 _URL_QUERY = re.compile(r"(https?://[^\s?#\"']*)\?[^\s\"']*")
 
 
+@functools.lru_cache(maxsize=1024)
+def _sensitive(key: str) -> bool:
+    return _SENSITIVE_KEY.search(key) is not None
+
+
 class Redactor:
     """Masks secrets in every event dict; `register` adds configured secrets to cut out of text."""
 
@@ -35,10 +41,10 @@ class Redactor:
         for secret in self._secrets:
             if secret in text:
                 text = text.replace(secret, REDACTED)
-        return _URL_QUERY.sub(rf"\1?{REDACTED}", text)
+        return _URL_QUERY.sub(rf"\1?{REDACTED}", text) if "://" in text else text
 
     def _clean(self, key: str, value: Any) -> Any:
-        if _SENSITIVE_KEY.search(key):
+        if _sensitive(key):
             return REDACTED
         if isinstance(value, str):
             return self.clean_text(value)
@@ -70,20 +76,22 @@ def _render_exception(_logger: Any, _name: str, event: MutableMapping[str, Any])
 
 
 def configure_logging(*, level: str, fmt: str, stream: TextIO | None = None) -> None:
+    """Our lines go through structlog's own pipeline (no stdlib round trip: it is on every request's
+    path); uvicorn's, SQLAlchemy's and Alembic's stdlib lines through a formatter with the same
+    processors, redactor and renderer, so both come out alike."""
+    output = stream or sys.stdout
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
-        structlog.stdlib.add_log_level,
-        structlog.stdlib.add_logger_name,
+        structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.stdlib.ExtraAdder(),
     ]
     renderer: structlog.types.Processor = (
         structlog.processors.JSONRenderer()
         if fmt == "json"
-        else structlog.dev.ConsoleRenderer(colors=sys.stdout.isatty())
+        else structlog.dev.ConsoleRenderer(colors=output.isatty())
     )
     formatter = structlog.stdlib.ProcessorFormatter(
-        foreign_pre_chain=shared,
+        foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name, structlog.stdlib.ExtraAdder()],
         processors=[
             structlog.stdlib.ProcessorFormatter.remove_processors_meta,
             _drop_color,
@@ -92,7 +100,7 @@ def configure_logging(*, level: str, fmt: str, stream: TextIO | None = None) -> 
             renderer,
         ],
     )
-    handler = logging.StreamHandler(stream or sys.stdout)
+    handler = logging.StreamHandler(output)
     handler.setFormatter(formatter)
     root = logging.getLogger()
     root.handlers[:] = [handler]
@@ -106,13 +114,20 @@ def configure_logging(*, level: str, fmt: str, stream: TextIO | None = None) -> 
     for name in ("httpx", "httpcore"):  # their lines carry URLs and partner headers
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
     structlog.configure(
-        processors=[*shared, structlog.stdlib.ProcessorFormatter.wrap_for_formatter],
-        logger_factory=structlog.stdlib.LoggerFactory(),
-        wrapper_class=structlog.stdlib.BoundLogger,
-        cache_logger_on_first_use=True,
+        processors=[*shared, _logger_field, _render_exception, redactor, renderer],
+        logger_factory=structlog.WriteLoggerFactory(output),
+        wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
+        cache_logger_on_first_use=False,
     )
 
 
-def get_logger(name: str) -> structlog.stdlib.BoundLogger:
-    logger: structlog.stdlib.BoundLogger = structlog.get_logger(name)
-    return logger
+def get_logger(name: str) -> Any:
+    """A structlog logger whose lines carry `logger=<name>`."""
+    return structlog.get_logger(logger_name=name)
+
+
+def _logger_field(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> MutableMapping[str, Any]:
+    # structlog reserves `logger` as an argument name; the lines carry it under that key.
+    if "logger_name" in event:
+        event["logger"] = event.pop("logger_name")
+    return event

@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Path, Response, status
 
 from partner_gateway import store
-from partner_gateway.db import DbDep, utc_now
+from partner_gateway.db import DatabaseDep, utc_now
 from partner_gateway.logs import get_logger
 from partner_gateway.openapi import problem_responses
 from partner_gateway.security import GatewayCaller, check_user_id
@@ -24,13 +24,14 @@ UserIdPath = Annotated[str, Path(alias="userId", description="The player's id, a
     response_class=Response,
     responses=problem_responses(400, 401, 503),
 )
-async def block(caller: GatewayCaller, user_id: UserIdPath, conn: DbDep) -> None:
+async def block(caller: GatewayCaller, user_id: UserIdPath, db: DatabaseDep) -> None:
     """Block a player at once: every live launch and session token is revoked in the same
     transaction, and new sessions are refused until unblocked. Idempotent; works for a player
     the service has never seen."""
-    revoked = await store.set_blocked(
-        conn, user_id=check_user_id(user_id), blocked=True, actor=caller.label, now=utc_now()
-    )
+    async with db.transaction() as conn:
+        revoked = await store.set_blocked(
+            conn, user_id=check_user_id(user_id), blocked=True, actor=caller.label, now=utc_now()
+        )
     logger.info("player.blocked", actor=caller.label, sessions_revoked=revoked)
 
 
@@ -40,9 +41,10 @@ async def block(caller: GatewayCaller, user_id: UserIdPath, conn: DbDep) -> None
     response_class=Response,
     responses=problem_responses(400, 401, 503),
 )
-async def unblock(caller: GatewayCaller, user_id: UserIdPath, conn: DbDep) -> None:
+async def unblock(caller: GatewayCaller, user_id: UserIdPath, db: DatabaseDep) -> None:
     """Let the player start new sessions. Tokens revoked by the block stay revoked. Idempotent."""
-    await store.set_blocked(
-        conn, user_id=check_user_id(user_id), blocked=False, actor=caller.label, now=utc_now()
-    )
+    async with db.transaction() as conn:
+        await store.set_blocked(
+            conn, user_id=check_user_id(user_id), blocked=False, actor=caller.label, now=utc_now()
+        )
     logger.info("player.unblocked", actor=caller.label)

@@ -8,7 +8,6 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Header, Request, Response, status
 from pydantic import ValidationError
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from partner_gateway.betlink import service
 from partner_gateway.betlink.schemas import (
@@ -20,7 +19,7 @@ from partner_gateway.betlink.schemas import (
     IntrospectResponse,
     LaunchTokenResponse,
 )
-from partner_gateway.db import DbDep, utc_now
+from partner_gateway.db import DatabaseDep, utc_now
 from partner_gateway.errors import BetLinkError
 from partner_gateway.logs import get_logger
 from partner_gateway.metrics import BETLINK_AUTH
@@ -48,15 +47,16 @@ async def create_launch_token(
     caller: GatewayCaller,
     user_id: PlayerId,
     settings: SettingsDep,
-    conn: DbDep,
+    db: DatabaseDep,
 ) -> LaunchTokenResponse:
     """BetLink's Session endpoint: a new user session with a short-lived, single-use launch token.
 
     Checks in order: gateway key (401), `X-User-Id` (400), player blocked (403).
     """
-    issued = await service.issue_launch_token(
-        conn, user_id=user_id, settings=settings, cipher=_cipher(request), now=utc_now()
-    )
+    async with db.statement() as conn:  # one statement: its own transaction
+        issued = await service.issue_launch_token(
+            conn, user_id=user_id, settings=settings, cipher=_cipher(request), now=utc_now()
+        )
     response.headers["Cache-Control"] = "no-store"
     logger.info("betlink.session_issued", user_id=user_id)
     assert settings.betlink_operator_id is not None
@@ -71,12 +71,13 @@ async def create_launch_token(
     response_model_exclude_none=True,
     responses=problem_responses(400, 401, 503),
 )
-async def introspect(caller: GatewayCaller, body: IntrospectRequest, conn: DbDep) -> IntrospectResponse:
+async def introspect(caller: GatewayCaller, body: IntrospectRequest, db: DatabaseDep) -> IntrospectResponse:
     """For the operator's wallet: is the `sessionToken` BetLink presents on a bet live, and whose?
 
     Answers `{"active": false}` for an unknown, expired or revoked token or a blocked player.
     """
-    live = await service.introspect(conn, token=body.operator_session_token, now=utc_now())
+    async with db.statement() as conn:
+        live = await service.introspect(conn, token=body.operator_session_token, now=utc_now())
     if live is None:
         return IntrospectResponse(active=False)
     return IntrospectResponse(
@@ -111,6 +112,7 @@ _AUTH_REQUEST_BODY = {
 async def authenticate(
     request: Request,
     settings: SettingsDep,
+    db: DatabaseDep,
     x_api_key: Annotated[str | None, Header(alias="X-API-Key")] = None,
     x_idempotency_key: Annotated[str | None, Header(alias="X-Idempotency-Key")] = None,
 ) -> Response:
@@ -127,9 +129,8 @@ async def authenticate(
         raise BetLinkError("AUTHENTICATION_FAILED", "missing or invalid X-API-Key")
     key = _idempotency_key(x_idempotency_key)
     auth_request = _parse(await request.body())
-    engine: AsyncEngine = request.app.state.engine
     sealer: Sealer = request.app.state.sealer
-    async with engine.begin() as conn:  # commits before the response is sent
+    async with db.transaction() as conn:  # commits before the response is sent
         result = await service.authenticate(
             conn,
             request=auth_request,

@@ -7,10 +7,10 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from partner_gateway import store
 from partner_gateway.bidpaw.client import BidPawClient
+from partner_gateway.db import Database
 from partner_gateway.errors import PlayerBlocked, ServiceUnavailable
 from partner_gateway.openapi import problem_responses
 from partner_gateway.security import GatewayCaller, PlayerId, SettingsDep
@@ -37,8 +37,8 @@ Nick = Annotated[
 async def _is_blocked(request: Request, *, user_id: str, timeout: float) -> bool:
     # A connection of its own, returned at once: the request must not hold a pooled connection
     # (and an open transaction) while it waits up to BIDPAW_TIMEOUT_SECONDS for BidPaw.
-    engine: AsyncEngine = request.app.state.engine
-    async with asyncio.timeout(timeout), engine.connect() as conn:
+    database: Database = request.app.state.database
+    async with asyncio.timeout(timeout), database.statement() as conn:
         return await store.is_blocked(conn, user_id=user_id)
 
 
