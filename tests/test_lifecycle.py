@@ -55,7 +55,7 @@ class TestGracefulShutdown:
 
 @pytest.mark.slow
 class TestWorkers:
-    async def test_two_workers_serve_and_stop_together(self, database_url: str) -> None:
+    async def test_two_workers_serve_count_together_and_stop_together(self, database_url: str) -> None:
         port = free_port()
         url = f"http://127.0.0.1:{port}"
         proc = serve(database_url, port, workers=2)
@@ -68,6 +68,11 @@ class TestWorkers:
                         "/betlink/authenticate", json=auth_body(session), headers=auth_headers()
                     )
                     assert response.status_code == 200
+                # Counters are summed over both workers, whichever answers the scrape.
+                for _ in range(4):
+                    metrics = (await client.get("/metrics")).text
+                    assert 'partner_gateway_betlink_auth_total{outcome="AUTHENTICATED"} 6.0' in metrics
+                    assert "partner_gateway_db_pool_in_use{pid=" in metrics
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
         finally:

@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import signal
 import sys
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -76,14 +79,30 @@ def serve(settings: Settings, generated: dict[str, str], *, host: str, port: int
         # Worker processes build their own app from the environment: hand them the resolved
         # settings (local mode's embedded URL and generated keys) as environment variables.
         os.environ.update(_as_environment(bound))
-        uvicorn.run(
-            "partner_gateway.app:app_from_environment",
-            factory=True,
-            host=host,
-            port=port,
-            workers=workers,
-            **UVICORN_OPTIONS,
-        )
+        with _metrics_directory():
+            uvicorn.run(
+                "partner_gateway.app:app_from_environment",
+                factory=True,
+                host=host,
+                port=port,
+                workers=workers,
+                **UVICORN_OPTIONS,
+            )
+
+
+@contextmanager
+def _metrics_directory() -> Iterator[None]:
+    """Prometheus multiprocess mode for the workers: a fresh directory for their metric files."""
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    directory = Path(configured) if configured else Path(tempfile.mkdtemp(prefix="partner-gateway-metrics-"))
+    for stale in directory.glob("*.db"):  # counts of an earlier run must not be added again
+        stale.unlink()
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(directory)
+    try:
+        yield
+    finally:
+        if not configured:
+            shutil.rmtree(directory, ignore_errors=True)
 
 
 def _as_environment(settings: Settings) -> dict[str, str]:

@@ -1,17 +1,21 @@
 """Prometheus metrics, served at /metrics. Route templates, never raw paths, as labels.
 
-The image runs one process per container, so the default registry is the whole truth; see the
-README for running several workers (PROMETHEUS_MULTIPROC_DIR) if that ever changes.
+The image runs one process per container, so the default registry is the whole truth. With
+`serve --workers N`, PROMETHEUS_MULTIPROC_DIR is set for the workers: counters and histograms are
+then summed over the workers from their files, and the pool gauges are those of the worker that
+answered the scrape, labelled with its pid.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 import weakref
 from collections.abc import Iterator
 
-from prometheus_client import REGISTRY, Counter, Histogram, Info
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.pool import QueuePool
@@ -46,8 +50,9 @@ BUILD.info({"version": "0.1.0", "python": platform.python_version()})
 class PoolCollector(Collector):
     """Connections of the database pool in use and idle, read at scrape time."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, labels: dict[str, str] | None = None) -> None:
         self._engine: weakref.ref[AsyncEngine] | None = None
+        self._labels = labels or {}
 
     def track(self, engine: AsyncEngine) -> None:
         self._engine = weakref.ref(engine)
@@ -57,13 +62,30 @@ class PoolCollector(Collector):
         pool = engine.sync_engine.pool if engine is not None else None
         if not isinstance(pool, QueuePool):
             return
-        in_use = GaugeMetricFamily("partner_gateway_db_pool_in_use", "Pooled connections checked out.")
-        in_use.add_metric([], pool.checkedout())
-        idle = GaugeMetricFamily("partner_gateway_db_pool_idle", "Pooled connections idle in the pool.")
-        idle.add_metric([], pool.checkedin())
+        names, values = list(self._labels), list(self._labels.values())
+        in_use = GaugeMetricFamily(
+            "partner_gateway_db_pool_in_use", "Pooled connections checked out.", labels=names
+        )
+        in_use.add_metric(values, pool.checkedout())
+        idle = GaugeMetricFamily(
+            "partner_gateway_db_pool_idle", "Pooled connections idle in the pool.", labels=names
+        )
+        idle.add_metric(values, pool.checkedin())
         yield in_use
         yield idle
 
 
-POOL = PoolCollector()
+# prometheus-client decides at import whether metrics live in memory or in per-process files.
+MULTIPROCESS = "PROMETHEUS_MULTIPROC_DIR" in os.environ
+POOL = PoolCollector(labels={"pid": str(os.getpid())} if MULTIPROCESS else None)
 REGISTRY.register(POOL)
+
+
+def exposition() -> bytes:
+    """The text for /metrics: this process's registry, or every worker's files plus our pool."""
+    if not MULTIPROCESS:
+        return generate_latest(REGISTRY)
+    registry = CollectorRegistry()
+    MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+    registry.register(POOL)
+    return generate_latest(registry)

@@ -6,11 +6,12 @@ import asyncio
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from partner_gateway import store
 from partner_gateway.errors import is_database_unavailable, problem
+from partner_gateway.metrics import exposition
 from partner_gateway.openapi import problem_responses
 from partner_gateway.schema import head_revision
 
@@ -47,4 +48,4 @@ def _missing_schema(exc: Exception) -> bool:
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 async def metrics() -> Response:
     """Prometheus text format: HTTP, BetLink auth outcomes, BidPaw calls, database pool, build."""
-    return Response(generate_latest(REGISTRY), media_type=CONTENT_TYPE_LATEST)
+    return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
