@@ -280,6 +280,7 @@ UPSTREAM_FAILURES = [
     pytest.param(200, b'{"url": "https://lobby.bidpaw.test/"}', NO_FIELD, id="missing field"),
     pytest.param(200, b'{"iframeURL": null}', NO_FIELD, id="null field"),
     pytest.param(200, b'{"iframeURL": "javascript:alert(document.cookie)"}', NOT_HTTPS, id="javascript url"),
+    pytest.param(200, b'{"iframeURL": "https://x.test/a?t=\\ud800"}', NOT_HTTPS, id="lone surrogate"),
     pytest.param(200, b'{"iframeURL": "/auctions?token=t"}', NOT_HTTPS, id="relative url"),
     pytest.param(
         200, b'{"iframeURL": "http://lobby.bidpaw.test/a?token=t"}', NOT_HTTPS, id="http url, https api"

@@ -11,8 +11,12 @@ from hypothesis import strategies as st
 
 from tests.conftest import BETLINK_KEY, GATEWAY_HEADERS
 
+# Text with lone surrogates too: json.dumps writes them as \udXXX escapes, which some parsers accept.
+any_text = st.text(st.characters(codec=None), max_size=50) | st.text(
+    st.characters(categories=["Cs"]), min_size=1, max_size=3
+)
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=50),
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | any_text,
     lambda children: (
         st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=20), children, max_size=4)
     ),
@@ -22,6 +26,7 @@ FIELDS = ["requestId", "userId", "operatorId", "launchToken", "authRequestedTime
 bodies = st.one_of(
     st.binary(max_size=300),
     json_values.map(lambda v: json.dumps(v).encode()),
+    st.fixed_dictionaries({"operatorSessionToken": any_text}).map(lambda v: json.dumps(v).encode()),
     st.fixed_dictionaries({}, optional={f: json_values for f in FIELDS}).map(
         lambda v: json.dumps(v).encode()
     ),

@@ -83,3 +83,12 @@ class TestIntrospect:
     async def test_without_a_gateway_key_is_401(self, client: httpx.AsyncClient) -> None:
         response = await client.post(URL, json={"operatorSessionToken": "x"})
         assert response.status_code == 401
+
+    async def test_the_key_is_checked_before_the_body(self, client: httpx.AsyncClient) -> None:
+        response = await client.post(URL, content=b"{nope")
+        assert response.status_code == 401
+
+    async def test_a_lone_surrogate_is_400_not_500(self, client: httpx.AsyncClient) -> None:
+        body = b'{"operatorSessionToken": "ab\\ud800cd"}'
+        response = await client.post(URL, headers=GATEWAY_HEADERS, content=body)
+        assert response.status_code == 400

@@ -239,3 +239,35 @@ class TestBodyLimit:
             content=chunks(),
         )
         assert response.status_code == 413
+
+
+class TestUnexpectedErrors:
+    async def test_a_500_carries_the_request_id_in_its_header_and_log_line(
+        self,
+        client: httpx.AsyncClient,
+        monkeypatch: pytest.MonkeyPatch,
+        json_logs: Callable[[], list[dict[str, Any]]],
+    ) -> None:
+        from partner_gateway.betlink import service
+
+        async def broken(*args: Any, **kwargs: Any) -> None:
+            raise RuntimeError("boom")
+
+        monkeypatch.setattr(service, "issue_launch_token", broken)
+        json_logs()
+        response = await client.post(
+            "/betlink/session", headers={**GATEWAY_HEADERS, "X-User-Id": "p", "X-Request-ID": "req-500"}
+        )
+        assert response.status_code == 500
+        assert response.headers["x-request-id"] == "req-500"
+        assert response.json() == {
+            "type": "about:blank",
+            "title": "Internal Server Error",
+            "status": 500,
+            "detail": "unexpected error",
+        }
+        lines = json_logs()
+        errors = [line for line in lines if line["level"] == "error"]
+        assert errors
+        assert all(line["request_id"] == "req-500" for line in errors)
+        assert any("RuntimeError" in line.get("exception", "") for line in errors)

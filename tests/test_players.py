@@ -122,6 +122,16 @@ class TestBlockMatrix:
         assert (await client.post("/betlink/session", headers=headers)).status_code == 403
 
 
+class TestBlockPathIds:
+    async def test_a_slash_in_a_user_id_is_blocked_like_any_other(self, client: httpx.AsyncClient) -> None:
+        headers = {**GATEWAY_HEADERS, "X-User-Id": "a/b"}
+        assert (await client.post("/betlink/session", headers=headers)).status_code == 201
+        assert (await client.put("/players/a%2Fb/block", headers=GATEWAY_HEADERS)).status_code == 204
+        assert (await client.post("/betlink/session", headers=headers)).status_code == 403
+        assert (await client.delete("/players/a%2Fb/block", headers=GATEWAY_HEADERS)).status_code == 204
+        assert (await client.post("/betlink/session", headers=headers)).status_code == 201
+
+
 class TestBlockRejects:
     async def test_without_a_gateway_key_is_401(self, client: httpx.AsyncClient) -> None:
         for method in ("PUT", "DELETE"):
@@ -129,7 +139,7 @@ class TestBlockRejects:
             assert response.status_code == 401
             assert response.headers["content-type"] == PROBLEM
 
-    @pytest.mark.parametrize("user_id", ["a%00b", "x" * 129, "tab%09"])
+    @pytest.mark.parametrize("user_id", ["a%00b", "x" * 129, "tab%09", "%FF", "ok%C3", "a%ZZ%FF"])
     async def test_malformed_user_id_is_400(self, client: httpx.AsyncClient, user_id: str) -> None:
         response = await client.put(f"/players/{user_id}/block", headers=GATEWAY_HEADERS)
         assert response.status_code == 400
@@ -185,3 +195,23 @@ class TestPseudonymsWithBlocking:
         assert session["userId"] != "player-1"
         await block(client, "player-1")
         assert (await authenticate(client, session)).json()["errorCode"] == "USER_BLOCKED"
+
+
+class TestBlockLandingDuringAnExchange:
+    async def test_an_exchange_queued_behind_a_block_answers_user_blocked(
+        self, client: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        from partner_gateway import store
+        from partner_gateway.db import utc_now
+
+        session = await launch(client)
+        async with engine.connect() as blocker:
+            # The block has revoked the session (row locked) but not yet committed.
+            await store.set_blocked(blocker, user_id="player-1", blocked=True, actor="test", now=utc_now())
+            exchange = asyncio.create_task(authenticate(client, session))
+            await asyncio.sleep(0.3)
+            assert not exchange.done()
+            await blocker.commit()
+        response = await exchange
+        assert response.status_code == 400
+        assert response.json() == failure("USER_BLOCKED", "the player is blocked")

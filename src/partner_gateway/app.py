@@ -44,7 +44,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI
             tracing.instrument_engine(engine)
             tracing.instrument_client(http)
         app.state.engine = engine
-        app.state.database = Database(engine)
+        app.state.database = Database(engine, timeout=settings.db_timeout_seconds)
         app.state.bidpaw = BidPawClient(http, settings=settings) if settings.bidpaw_configured else None
         POOL.track(engine)
         try:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from contextlib import AbstractAsyncContextManager
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -20,6 +22,10 @@ NAMING_CONVENTION = {
     "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
     "pk": "pk_%(table_name)s",
 }
+
+
+# The single waits fire first (clean errors); the deadline catches their sum.
+DEADLINE_GRACE_SECONDS = 1.0
 
 
 class Base(DeclarativeBase):
@@ -66,17 +72,25 @@ class Database:
     `transaction()`: one transaction for several statements; an exception rolls all back.
     `statement()`: a connection in autocommit for a request whose work is a single statement,
     which is then its own transaction: no BEGIN and COMMIT round trips.
+
+    Each wait is bounded on its own (pool, connect, lock, statement); the deadline bounds their
+    sum, so a request never waits on the database much longer than DB_TIMEOUT_SECONDS.
     """
 
-    def __init__(self, engine: AsyncEngine) -> None:
+    def __init__(self, engine: AsyncEngine, *, timeout: float) -> None:
         self.engine = engine
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+        self._deadline = timeout + DEADLINE_GRACE_SECONDS
 
-    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        return self.engine.begin()
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[AsyncConnection]:
+        async with asyncio.timeout(self._deadline), self.engine.begin() as conn:
+            yield conn
 
-    def statement(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        return self._autocommit.connect()
+    @asynccontextmanager
+    async def statement(self) -> AsyncIterator[AsyncConnection]:
+        async with asyncio.timeout(self._deadline), self._autocommit.connect() as conn:
+            yield conn
 
 
 async def database_of(request: Request) -> Database:

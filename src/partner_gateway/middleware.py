@@ -11,9 +11,10 @@ import time
 import uuid
 
 import structlog
+from starlette.requests import Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from partner_gateway.errors import BodyTooLarge
+from partner_gateway.errors import BodyTooLarge, unexpected
 from partner_gateway.logs import get_logger
 from partner_gateway.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
@@ -55,7 +56,7 @@ class RequestContextMiddleware:
         request_id = _request_id(scope)
         structlog.contextvars.bind_contextvars(request_id=request_id)
         started = time.perf_counter()
-        status = 500
+        status: int | None = None
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -66,8 +67,14 @@ class RequestContextMiddleware:
 
         try:
             await self.app(scope, self._limited(scope, receive), send_with_id)
+        except Exception as exc:
+            if status is not None:
+                raise
+            # Answered here rather than by Starlette's outermost handler, so the 500 carries the
+            # request id, and so does its log line.
+            await unexpected(Request(scope), exc)(scope, receive, send_with_id)
         finally:
-            self._record(scope, status, time.perf_counter() - started)
+            self._record(scope, status or 500, time.perf_counter() - started)
             structlog.contextvars.unbind_contextvars("request_id")
 
     def _limited(self, scope: Scope, receive: Receive) -> Receive:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from typing import Annotated
+from urllib.parse import unquote_to_bytes
 
-from fastapi import APIRouter, Path, Response, status
+from fastapi import APIRouter, Depends, Path, Request, Response, status
 
 from partner_gateway import store
 from partner_gateway.db import DatabaseDep, utc_now
+from partner_gateway.errors import BadRequest
 from partner_gateway.logs import get_logger
 from partner_gateway.openapi import problem_responses
 from partner_gateway.security import GatewayCaller, check_user_id
@@ -15,11 +17,29 @@ from partner_gateway.security import GatewayCaller, check_user_id
 router = APIRouter(prefix="/players", tags=["players"])
 logger = get_logger(__name__)
 
-UserIdPath = Annotated[str, Path(alias="userId", description="The player's id, as the gateway sends it.")]
+PREFIX, SUFFIX = b"/players/", b"/block"
+
+
+async def path_player_id(
+    request: Request,
+    user_id: Annotated[str, Path(alias="userId", description="The player's id, percent-encoded UTF-8.")],
+) -> str:
+    """The player id from the raw path: percent-decoded as strict UTF-8 (a `/` in an id arrives
+    as %2F), under the same rules as `X-User-Id`."""
+    raw: bytes = request.scope.get("raw_path") or user_id.encode()
+    if raw.startswith(PREFIX) and raw.endswith(SUFFIX):
+        raw = raw[len(PREFIX) : -len(SUFFIX)]
+    try:
+        return check_user_id(unquote_to_bytes(raw).decode("utf-8"))
+    except UnicodeDecodeError:
+        raise BadRequest("the user id must be percent-encoded UTF-8") from None
+
+
+UserIdPath = Annotated[str, Depends(path_player_id)]
 
 
 @router.put(
-    "/{userId}/block",
+    "/{userId:path}/block",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(400, 401, 503),
@@ -30,13 +50,13 @@ async def block(caller: GatewayCaller, user_id: UserIdPath, db: DatabaseDep) -> 
     the service has never seen."""
     async with db.transaction() as conn:
         revoked = await store.set_blocked(
-            conn, user_id=check_user_id(user_id), blocked=True, actor=caller.label, now=utc_now()
+            conn, user_id=user_id, blocked=True, actor=caller.label, now=utc_now()
         )
     logger.info("player.blocked", actor=caller.label, sessions_revoked=revoked)
 
 
 @router.delete(
-    "/{userId}/block",
+    "/{userId:path}/block",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
     responses=problem_responses(400, 401, 503),
@@ -44,7 +64,5 @@ async def block(caller: GatewayCaller, user_id: UserIdPath, db: DatabaseDep) -> 
 async def unblock(caller: GatewayCaller, user_id: UserIdPath, db: DatabaseDep) -> None:
     """Let the player start new sessions. Tokens revoked by the block stay revoked. Idempotent."""
     async with db.transaction() as conn:
-        await store.set_blocked(
-            conn, user_id=check_user_id(user_id), blocked=False, actor=caller.label, now=utc_now()
-        )
+        await store.set_blocked(conn, user_id=user_id, blocked=False, actor=caller.label, now=utc_now())
     logger.info("player.unblocked", actor=caller.label)

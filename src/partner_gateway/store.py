@@ -201,14 +201,15 @@ INSERT INTO player_block_events (user_id, blocked, actor, created_at)
 SELECT user_id, :blocked, :actor, :now FROM player
 """)
 
-# Race: a block against an in-flight /betlink/session or /betlink/authenticate. This runs
+# Race: a block against an in-flight /betlink/session or /betlink/authenticate. Every session
+# not yet revoked is revoked, expired or not: an exchange that started just before its launch
+# token expired may still commit a session token, and it must die with the block too. This runs
 # after _SET_BLOCKED holds the player's row lock, so every session created before the block
 # is committed and visible here; a session row locked by an in-flight exchange makes this
 # wait, then revokes the token that exchange just issued. No live token survives a block.
 _REVOKE_SESSIONS = text("""
 UPDATE user_sessions SET revoked_at = :now
 WHERE user_id = :user_id AND revoked_at IS NULL
-  AND (launch_expires_at > :now OR session_expires_at > :now)
 """)
 
 

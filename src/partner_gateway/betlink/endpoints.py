@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import re
 import uuid
-from typing import Annotated, Any
+from collections.abc import Callable
+from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Header, Request, Response, status
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from partner_gateway.betlink import service
 from partner_gateway.betlink.schemas import (
@@ -20,14 +21,22 @@ from partner_gateway.betlink.schemas import (
     LaunchTokenResponse,
 )
 from partner_gateway.db import DatabaseDep, utc_now
-from partner_gateway.errors import BetLinkError
+from partner_gateway.errors import BadRequest, BetLinkError, ServiceError
 from partner_gateway.logs import get_logger
 from partner_gateway.metrics import BETLINK_AUTH
 from partner_gateway.openapi import problem_responses
 from partner_gateway.security import GatewayCaller, PlayerId, Sealer, SettingsDep, UserIdCipher, match_key
 
+Body = TypeVar("Body", bound=BaseModel)
+
 router = APIRouter(prefix="/betlink", tags=["betlink"])
 logger = get_logger(__name__)
+
+
+def _json_body(model: type[BaseModel]) -> dict[str, Any]:
+    """OpenAPI for a body the endpoint reads itself (so that its checks keep the contract's order)."""
+    schema = model.model_json_schema(by_alias=True)
+    return {"requestBody": {"required": True, "content": {"application/json": {"schema": schema}}}}
 
 
 def _cipher(request: Request) -> UserIdCipher:
@@ -69,13 +78,16 @@ async def create_launch_token(
     "/sessions/introspect",
     response_model=IntrospectResponse,
     response_model_exclude_none=True,
-    responses=problem_responses(400, 401, 503),
+    responses=problem_responses(400, 401, 413, 503),
+    openapi_extra=_json_body(IntrospectRequest),
 )
-async def introspect(caller: GatewayCaller, body: IntrospectRequest, db: DatabaseDep) -> IntrospectResponse:
+async def introspect(request: Request, caller: GatewayCaller, db: DatabaseDep) -> IntrospectResponse:
     """For the operator's wallet: is the `sessionToken` BetLink presents on a bet live, and whose?
 
     Answers `{"active": false}` for an unknown, expired or revoked token or a blocked player.
+    The gateway key is checked (401) before the body is read (400).
     """
+    body = _parse(IntrospectRequest, await request.body(), error=BadRequest)
     async with db.statement() as conn:
         live = await service.introspect(conn, token=body.operator_session_token, now=utc_now())
     if live is None:
@@ -89,14 +101,6 @@ def _failure(description: str) -> dict[str, Any]:
     return {"model": AuthenticateFailure, "description": description}
 
 
-_AUTH_REQUEST_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": AuthenticateRequest.model_json_schema(by_alias=True)}},
-    }
-}
-
-
 @router.post(
     "/authenticate",
     response_model=AuthenticateResponse,
@@ -107,7 +111,7 @@ _AUTH_REQUEST_BODY = {
         500: _failure("GENERAL_EXCEPTION"),
         503: _failure("REQUEST_TIMED_OUT"),
     },
-    openapi_extra=_AUTH_REQUEST_BODY,
+    openapi_extra=_json_body(AuthenticateRequest),
 )
 async def authenticate(
     request: Request,
@@ -128,7 +132,7 @@ async def authenticate(
     if match_key(x_api_key, settings.betlink_api_keys) is None:
         raise BetLinkError("AUTHENTICATION_FAILED", "missing or invalid X-API-Key")
     key = _idempotency_key(x_idempotency_key)
-    auth_request = _parse(await request.body())
+    auth_request = _parse(AuthenticateRequest, await request.body(), error=_missing_parameter)
     sealer: Sealer = request.app.state.sealer
     async with db.transaction() as conn:  # commits before the response is sent
         result = await service.authenticate(
@@ -154,10 +158,16 @@ def _idempotency_key(value: str | None) -> uuid.UUID:
     return uuid.UUID(value)
 
 
-def _parse(raw: bytes) -> AuthenticateRequest:
+def _missing_parameter(detail: str) -> BetLinkError:
+    return BetLinkError("MISSING_PARAMETER", detail)
+
+
+def _parse(model: type[Body], raw: bytes, *, error: Callable[[str], ServiceError]) -> Body:
+    """Validate a JSON body strictly (no lone surrogates, no coercion); the message names the
+    field and the rule, never the input."""
     try:
-        return AuthenticateRequest.model_validate_json(raw)
+        return model.model_validate_json(raw)
     except ValidationError as exc:
         first = exc.errors(include_input=False)[0]
         where = ".".join(str(part) for part in first["loc"]) or "body"
-        raise BetLinkError("MISSING_PARAMETER", f"{where}: {first['msg']}") from None
+        raise error(f"{where}: {first['msg']}") from None

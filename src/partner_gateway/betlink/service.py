@@ -6,7 +6,7 @@ import hashlib
 import hmac
 import json
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -92,10 +92,21 @@ async def authenticate(
     )
     if isinstance(claim, store.ProcessedKey):
         return _replay(claim, fingerprint=fp, key=idempotency_key, sealer=sealer)
-    session = _check_session(claim.session, request=request, cipher=cipher, now=now)
+    session = _check_session(await _fresh_block(conn, claim.session), request=request, cipher=cipher, now=now)
     return await _exchange(
         conn, session, request=request, key=idempotency_key, settings=settings, sealer=sealer, now=now
     )
+
+
+async def _fresh_block(
+    conn: AsyncConnection, session: store.LockedSession | None
+) -> store.LockedSession | None:
+    """Race: a block that revoked this session while we waited for its row lock. The lock shows
+    the revocation, but `blocked` came from the statement's older snapshot; a new statement sees
+    the block, so the answer is USER_BLOCKED rather than INVALID_SESSION."""
+    if session is None or session.revoked_at is None or session.blocked:
+        return session
+    return replace(session, blocked=await store.is_blocked(conn, user_id=session.user_id))
 
 
 def _replay(

@@ -264,7 +264,7 @@ def _json(body: bytes) -> Any:
 
 
 # Whitespace, control characters and backslashes: browsers "repair" such URLs in ways that differ.
-_UNSAFE_URL_CHARS = re.compile(r"[\x00-\x20\x7f\\]")
+_UNSAFE_URL_CHARS = re.compile(r"[\x00-\x20\x7f\\\ud800-\udfff]")  # controls, space, \, lone surrogates
 
 
 def _is_absolute_url(url: str, schemes: set[str]) -> bool:
