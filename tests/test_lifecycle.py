@@ -73,6 +73,7 @@ class TestWorkers:
                     metrics = (await client.get("/metrics")).text
                     assert 'partner_gateway_betlink_auth_total{outcome="AUTHENTICATED"} 6.0' in metrics
                     assert "partner_gateway_db_pool_in_use{pid=" in metrics
+                    assert "partner_gateway_build_info{" in metrics
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(timeout=30) == 0
         finally:

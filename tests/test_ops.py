@@ -6,6 +6,7 @@ from collections.abc import Callable
 from typing import Any
 
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -61,3 +62,11 @@ class TestHealth:
         )
         assert response.status_code == 503
         assert response.headers["content-type"] == "application/problem+json"
+
+
+class TestProbesAcceptHead:
+    @pytest.mark.parametrize("path", ["/healthz", "/readyz", "/metrics"])
+    async def test_head(self, client: httpx.AsyncClient, path: str) -> None:
+        response = await client.head(path)
+        assert response.status_code == 200
+        assert response.content == b""

@@ -16,6 +16,7 @@ from partner_gateway.config import Settings
 from partner_gateway.db import Database, create_engine
 from partner_gateway.metrics import POOL
 from partner_gateway.middleware import RequestContextMiddleware
+from partner_gateway.openapi import install_openapi
 from partner_gateway.security import Sealer, UserIdCipher
 from partner_gateway.tracing import Tracing, setup_tracing
 
@@ -63,6 +64,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI
     app.state.sealer = Sealer(settings.encryption_keys)
     app.state.user_id_cipher = UserIdCipher(settings.user_id_keys)
     errors.install_error_handlers(app)
+    install_openapi(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     for router in (betlink.router, bidpaw.router, players.router, ops.router):
         app.include_router(router)

@@ -88,4 +88,5 @@ def exposition() -> bytes:
     registry = CollectorRegistry()
     MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
     registry.register(POOL)
+    registry.register(BUILD)  # the same in every worker: the answering one's will do
     return generate_latest(registry)

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
-
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from partner_gateway import store
+from partner_gateway.db import DatabaseDep
 from partner_gateway.errors import is_database_unavailable, problem
 from partner_gateway.metrics import exposition
 from partner_gateway.openapi import problem_responses
@@ -19,25 +17,26 @@ router = APIRouter(tags=["operations"])
 
 
 @router.get("/healthz")
+@router.head("/healthz", include_in_schema=False)
 async def healthz() -> dict[str, str]:
     """200 while the process runs."""
     return {"status": "ok"}
 
 
 @router.get("/readyz", responses=problem_responses(503))
-async def readyz(request: Request) -> JSONResponse:
+@router.head("/readyz", include_in_schema=False)
+async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
     """200 only when the database answers and its schema is at the newest migration."""
-    engine: AsyncEngine = request.app.state.engine
-    timeout = request.app.state.settings.db_timeout_seconds
     try:
-        async with asyncio.timeout(timeout), engine.connect() as conn:
+        head = head_revision()
+        async with db.statement() as conn:
             revision = await store.schema_revision(conn)
     except Exception as exc:
         if not is_database_unavailable(exc) and not _missing_schema(exc):
             raise
         return problem(503, "the database is not reachable or has no schema")
-    if revision != head_revision():
-        return problem(503, f"the schema is at {revision}, not at the newest migration {head_revision()}")
+    if revision != head:
+        return problem(503, f"the schema is at {revision}, not at the newest migration {head}")
     return JSONResponse({"status": "ready", "schemaRevision": revision})
 
 
@@ -46,6 +45,7 @@ def _missing_schema(exc: Exception) -> bool:
 
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
+@router.head("/metrics", include_in_schema=False)
 async def metrics() -> Response:
     """Prometheus text format: HTTP, BetLink auth outcomes, BidPaw calls, database pool, build."""
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
