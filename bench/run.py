@@ -207,10 +207,6 @@ def _render(plan: Plan, outcome: Outcome, facts: dict[str, str], *, profiled: st
     if outcome.statements:
         lines += ["", "pgbench runs (BEGIN/COMMIT around authenticate; source: audit = sent by the service)"]
         lines += [f"  {line}" for line in sql.describe(outcome.statements)]
-        if any(stmt.source == "snapshot" for stmts in outcome.statements.values() for stmt in stmts):
-            lines.append(
-                "! partner_gateway.store lacks these statements: pgbench ran the bench's old snapshot"
-            )
     if outcome.notes:
         lines += ["", "NOTES", *[f"- {note}" for note in outcome.notes]]
     if outcome.profile:

@@ -2,8 +2,8 @@
 
 Which statements: the ones the running service sent for one request of each kind (the
 round-trip audit, gwbench.audit), matched by text against the store's `text()` objects; without
-an audit, the first of CANDIDATES that the store has; failing both, the snapshot below, with a
-warning in the report. So the ceilings follow the code: merge two statements into one and
+an audit, the first of CANDIDATES that the store has; failing both, the bench stops and says
+so. So the ceilings follow the code: merge two statements into one and
 pgbench runs the merged one too.
 
 Each bind parameter becomes a SQL expression over pgbench variables: `:k`, a fresh random
@@ -43,46 +43,7 @@ NEW_SESSION_TOKEN = "sha256(convert_to('st-' || :k::text, 'UTF8'))"
 # Store statement names per request, newest layout first (used when there is no audit).
 CANDIDATES: dict[str, list[tuple[str, ...]]] = {
     "session": [("_CREATE_SESSION",)],
-    "authenticate": [("_CLAIM_KEY_LOCK_SESSION", "_EXCHANGE"), ("_CLAIM_KEY", "_LOCK_SESSION", "_EXCHANGE")],
-}
-
-# The statements as store.py had them when the bench was written (commit 3245d68).
-SNAPSHOT = {
-    "_CREATE_SESSION": """
-WITH player AS (
-    INSERT INTO players (user_id, blocked, updated_at) VALUES (:user_id, false, :now)
-    ON CONFLICT (user_id) DO UPDATE SET blocked = players.blocked
-    RETURNING blocked
-)
-INSERT INTO user_sessions (user_id, launch_token_hash, launch_expires_at, created_at)
-SELECT :user_id, :token_hash, :expires_at, :now FROM player WHERE NOT player.blocked
-RETURNING id
-""",
-    "_CLAIM_KEY": """
-INSERT INTO idempotency_keys (key, fingerprint, created_at, expires_at)
-VALUES (:key, :fingerprint, :now, :expires_at)
-ON CONFLICT (key) DO NOTHING
-RETURNING true
-""",
-    "_LOCK_SESSION": """
-SELECT s.id, s.user_id, s.launch_expires_at, s.revoked_at,
-       s.session_token_hash IS NOT NULL AS exchanged,
-       coalesce(p.blocked, false) AS blocked
-FROM user_sessions s LEFT JOIN players p ON p.user_id = s.user_id
-WHERE s.launch_token_hash = :token_hash
-FOR UPDATE OF s
-""",
-    "_EXCHANGE": """
-WITH exchanged AS (
-    UPDATE user_sessions SET session_token_hash = :token_hash, session_expires_at = :expires_at
-    WHERE id = :session_id
-)
-UPDATE idempotency_keys SET response = :response WHERE key = :key
-""",
-}
-SNAPSHOT_LAYOUT = {
-    "session": ("_CREATE_SESSION",),
-    "authenticate": ("_CLAIM_KEY", "_LOCK_SESSION", "_EXCHANGE"),
+    "authenticate": [("_CLAIM_KEY_LOCK_SESSION", "_EXCHANGE")],
 }
 
 
@@ -90,7 +51,7 @@ SNAPSHOT_LAYOUT = {
 class Statement:
     name: str
     sql: str
-    source: str  # "audit" (sent by the service), "store" (by name) or "snapshot" (store.py lacks it)
+    source: str  # "audit" (sent by the service) or "store" (by name)
 
 
 def normalized(sql: str) -> str:
@@ -122,7 +83,9 @@ def resolve(kind: str, sent: Sequence[str] | None) -> list[Statement]:
     for layout in CANDIDATES[kind]:
         if all(name in store for name in layout):
             return [Statement(name, store[name], "store") for name in layout]
-    return [Statement(name, SNAPSHOT[name], "snapshot") for name in SNAPSHOT_LAYOUT[kind]]
+    raise BenchError(
+        f"partner_gateway.store has none of the {kind} statements {CANDIDATES[kind]}: update gwbench/sql.py"
+    )
 
 
 def unmatched(sent: Iterable[str]) -> list[str]:
