@@ -317,3 +317,27 @@ class TestRows10And11Failures:
         response = await authenticate(client, session)
         assert response.status_code == 500
         assert response.json() == failure("GENERAL_EXCEPTION", "unexpected error")
+
+
+class TestExpiryJudgedAfterTheLock:
+    async def test_a_token_that_expired_while_the_request_queued_is_refused(
+        self, client: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        session = await launch(client)
+        app = app_of(client)
+        async with engine.connect() as conn:
+            created = (await conn.execute(text("SELECT created_at FROM user_sessions"))).scalar_one()
+        request = AuthenticateRequest.model_validate(auth_body(session))
+        async with engine.begin() as conn:
+            with pytest.raises(BetLinkError) as raised:
+                await service.authenticate(
+                    conn,
+                    request=request,
+                    idempotency_key=uuid.uuid4(),
+                    settings=app.state.settings,
+                    cipher=app.state.user_id_cipher,
+                    sealer=app.state.sealer,
+                    now=created + timedelta(seconds=5),  # arrived in time...
+                    clock=lambda: created + timedelta(seconds=15),  # ...locked the row too late
+                )
+        assert raised.value.code == "INVALID_SESSION"

@@ -6,6 +6,7 @@ import hashlib
 import hmac
 import json
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
@@ -14,6 +15,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from partner_gateway import store
 from partner_gateway.betlink.schemas import AuthenticateRequest, AuthenticateResponse
 from partner_gateway.config import Settings
+from partner_gateway.db import utc_now
 from partner_gateway.errors import BetLinkError, PlayerBlocked
 from partner_gateway.security import (
     LAUNCH_TOKEN_BYTES,
@@ -71,12 +73,15 @@ async def authenticate(
     cipher: UserIdCipher,
     sealer: Sealer,
     now: datetime,
+    clock: Callable[[], datetime] = utc_now,
 ) -> Authenticated:
     """Exchange a launch token for a session token, exactly once per idempotency key.
 
     Follows the contract's check table from row 3 on (rows 1 and 2, key and shape, are the
     endpoint's). Every failure raises, which rolls back the key's claim with everything else:
-    only a 200 marks a key as processed.
+    only a 200 marks a key as processed. `now` is when the request arrived; the launch token's
+    expiry is judged no earlier than `clock()` once its session row is locked, so a request that
+    queued behind a lock cannot exchange a token that expired while it waited.
     """
     if request.operator_id != settings.betlink_operator_id:
         raise BetLinkError("AUTHENTICATION_FAILED", "operatorId is not this operator's")
@@ -92,6 +97,7 @@ async def authenticate(
     )
     if isinstance(claim, store.ProcessedKey):
         return _replay(claim, fingerprint=fp, key=idempotency_key, sealer=sealer)
+    now = max(now, clock())
     session = _check_session(await _fresh_block(conn, claim.session), request=request, cipher=cipher, now=now)
     return await _exchange(
         conn, session, request=request, key=idempotency_key, settings=settings, sealer=sealer, now=now
