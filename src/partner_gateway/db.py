@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
@@ -55,7 +55,8 @@ def create_engine(settings: Settings, url: str) -> AsyncEngine:
         hide_parameters=True,
         connect_args={
             "timeout": timeout,
-            "command_timeout": timeout + 1,
+            # Longer than the request deadline (timeout + 1 s), which is then what fires first.
+            "command_timeout": timeout + 2,
             "server_settings": {
                 "application_name": "partner-gateway",
                 "lock_timeout": millis,
@@ -82,15 +83,36 @@ class Database:
         self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
         self._deadline = timeout + DEADLINE_GRACE_SECONDS
 
-    @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[AsyncConnection]:
-        async with asyncio.timeout(self._deadline), self.engine.begin() as conn:
-            yield conn
+    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self._bounded(self.engine, transaction=True)
+
+    def statement(self) -> AbstractAsyncContextManager[AsyncConnection]:
+        return self._bounded(self._autocommit, transaction=False)
 
     @asynccontextmanager
-    async def statement(self) -> AsyncIterator[AsyncConnection]:
-        async with asyncio.timeout(self._deadline), self._autocommit.connect() as conn:
+    async def _bounded(self, engine: AsyncEngine, *, transaction: bool) -> AsyncIterator[AsyncConnection]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._deadline
+        async with asyncio.timeout_at(deadline):
+            conn = await engine.connect()
+        # Past the deadline the connection is cut, not cancelled: a cancelled statement makes
+        # SQLAlchemy close the connection gracefully, which waits up to 2 s more on a server
+        # that stopped answering. Cut, the statement in flight fails at once as a disconnect
+        # (a 503), and the server rolls back the transaction of a connection that went away.
+        driver = (await conn.get_raw_connection()).driver_connection
+        assert driver is not None
+        cut = loop.call_at(deadline, driver.terminate)
+        try:
+            if transaction:
+                await conn.begin()
             yield conn
+            if transaction:
+                await conn.commit()
+        finally:
+            try:
+                await conn.close()  # rolls back a transaction still open
+            finally:
+                cut.cancel()
 
 
 async def database_of(request: Request) -> Database:
