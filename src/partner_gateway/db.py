@@ -99,10 +99,11 @@ class Database:
         # SQLAlchemy close the connection gracefully, which waits up to 2 s more on a server
         # that stopped answering. Cut, the statement in flight fails at once as a disconnect
         # (a 503), and the server rolls back the transaction of a connection that went away.
-        driver = (await conn.get_raw_connection()).driver_connection
-        assert driver is not None
-        cut = loop.call_at(deadline, driver.terminate)
+        cut: asyncio.TimerHandle | None = None
         try:
+            driver = (await conn.get_raw_connection()).driver_connection
+            assert driver is not None
+            cut = loop.call_at(deadline, driver.terminate)
             if transaction:
                 await conn.begin()
             yield conn
@@ -112,7 +113,8 @@ class Database:
             try:
                 await conn.close()  # rolls back a transaction still open
             finally:
-                cut.cancel()
+                if cut is not None:
+                    cut.cancel()
 
 
 async def database_of(request: Request) -> Database:
