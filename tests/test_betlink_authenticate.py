@@ -257,34 +257,55 @@ class TestRows6To9Session:
         assert (await authenticate(client, session, userId="player-2")).json()["errorCode"] == "INVALID_USER"
 
 
+async def exchange_at(
+    client: httpx.AsyncClient,
+    engine: AsyncEngine,
+    *,
+    offset: float,
+    clock_offset: float | None = None,
+) -> service.Authenticated:
+    """Run the service on a fresh launch token, `offset` seconds after its session was created
+    (and, when given, with the clock reading `clock_offset` seconds once the row is locked)."""
+    session = await launch(client)
+    app = app_of(client)
+    async with engine.connect() as conn:
+        created = (await conn.execute(text("SELECT created_at FROM user_sessions"))).scalar_one()
+    clock_at = created + timedelta(seconds=clock_offset if clock_offset is not None else 0)
+    async with engine.begin() as conn:
+        return await service.authenticate(
+            conn,
+            request=AuthenticateRequest.model_validate(auth_body(session)),
+            idempotency_key=uuid.uuid4(),
+            settings=app.state.settings,
+            cipher=app.state.user_id_cipher,
+            sealer=app.state.sealer,
+            now=created + timedelta(seconds=offset),
+            clock=lambda: clock_at,
+        )
+
+
 class TestLaunchTokenExpiry:
     """Time is a parameter: the exchange at TTL-1 s succeeds, at TTL+1 s it is refused."""
 
-    @pytest.mark.parametrize(("offset", "ok"), [(9, True), (11, False)])
-    async def test_expiry_at_the_ttl(
-        self, client: httpx.AsyncClient, engine: AsyncEngine, offset: int, ok: bool
+    async def test_one_second_before_the_ttl_succeeds(
+        self, client: httpx.AsyncClient, engine: AsyncEngine
     ) -> None:
-        session = await launch(client)
-        app = app_of(client)
-        async with engine.connect() as conn:
-            created = (await conn.execute(text("SELECT created_at FROM user_sessions"))).scalar_one()
-        request = AuthenticateRequest.model_validate(auth_body(session))
-        async with engine.begin() as conn:
-            call = service.authenticate(
-                conn,
-                request=request,
-                idempotency_key=uuid.uuid4(),
-                settings=app.state.settings,
-                cipher=app.state.user_id_cipher,
-                sealer=app.state.sealer,
-                now=created + timedelta(seconds=offset),
-            )
-            if ok:
-                assert not (await call).replayed
-            else:
-                with pytest.raises(BetLinkError) as raised:
-                    await call
-                assert raised.value.code == "INVALID_SESSION"
+        assert not (await exchange_at(client, engine, offset=9)).replayed
+
+    async def test_one_second_after_the_ttl_is_invalid_session(
+        self, client: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        with pytest.raises(BetLinkError) as raised:
+            await exchange_at(client, engine, offset=11)
+        assert raised.value.code == "INVALID_SESSION"
+
+    async def test_a_token_that_expired_while_the_request_queued_is_refused(
+        self, client: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        # Arrived in time (5 s), but locked the session row only after the TTL (15 s).
+        with pytest.raises(BetLinkError) as raised:
+            await exchange_at(client, engine, offset=5, clock_offset=15)
+        assert raised.value.code == "INVALID_SESSION"
 
 
 class TestRows10And11Failures:
@@ -317,27 +338,3 @@ class TestRows10And11Failures:
         response = await authenticate(client, session)
         assert response.status_code == 500
         assert response.json() == failure("GENERAL_EXCEPTION", "unexpected error")
-
-
-class TestExpiryJudgedAfterTheLock:
-    async def test_a_token_that_expired_while_the_request_queued_is_refused(
-        self, client: httpx.AsyncClient, engine: AsyncEngine
-    ) -> None:
-        session = await launch(client)
-        app = app_of(client)
-        async with engine.connect() as conn:
-            created = (await conn.execute(text("SELECT created_at FROM user_sessions"))).scalar_one()
-        request = AuthenticateRequest.model_validate(auth_body(session))
-        async with engine.begin() as conn:
-            with pytest.raises(BetLinkError) as raised:
-                await service.authenticate(
-                    conn,
-                    request=request,
-                    idempotency_key=uuid.uuid4(),
-                    settings=app.state.settings,
-                    cipher=app.state.user_id_cipher,
-                    sealer=app.state.sealer,
-                    now=created + timedelta(seconds=5),  # arrived in time...
-                    clock=lambda: created + timedelta(seconds=15),  # ...locked the row too late
-                )
-        assert raised.value.code == "INVALID_SESSION"

@@ -8,6 +8,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -57,45 +59,43 @@ def _gateway_key(data_dir: Path) -> str:
     return key
 
 
+@contextmanager
+def serving(data_dir: Path, *, stop: signal.Signals = signal.SIGTERM) -> Iterator[str]:
+    """`partner-gateway serve` in local mode on a free port; stopped with `stop` on exit."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = _serve(data_dir, port)
+    try:
+        _wait(url, proc)
+        yield url
+    finally:
+        proc.send_signal(stop)
+        proc.wait(timeout=30)
+
+
+def _issue_launch_token(url: str, data_dir: Path) -> int:
+    headers = {"Authorization": f"Bearer {_gateway_key(data_dir)}", "X-User-Id": "u1"}
+    return httpx.post(url + "/betlink/session", headers=headers).status_code
+
+
 @pytest.mark.slow
 class TestLocalServe:
     def test_restart_keeps_data_and_sigterm_stops_postgres(self, tmp_path: Path) -> None:
-        data_dir, port = tmp_path / "data", free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = _serve(data_dir, port)
-        try:
-            _wait(url, proc)
-            headers = {"Authorization": f"Bearer {_gateway_key(data_dir)}", "X-User-Id": "u1"}
-            assert httpx.post(url + "/betlink/session", headers=headers).status_code == 201
-        finally:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
+        data_dir = tmp_path / "data"
+        with serving(data_dir) as url:
+            assert _issue_launch_token(url, data_dir) == 201
         assert not _postgres_running(data_dir / "pgdata")
-
-        proc = _serve(data_dir, port)
-        try:
-            _wait(url, proc)
+        with serving(data_dir, stop=signal.SIGINT) as url:
             # The same generated key still works: the data directory was reused.
-            headers = {"Authorization": f"Bearer {_gateway_key(data_dir)}", "X-User-Id": "u1"}
-            assert httpx.post(url + "/betlink/session", headers=headers).status_code == 201
-        finally:
-            proc.send_signal(signal.SIGINT)
-            proc.wait(timeout=30)
+            assert _issue_launch_token(url, data_dir) == 201
         assert not _postgres_running(data_dir / "pgdata")
 
     def test_a_killed_run_does_not_leave_the_next_one_broken(self, tmp_path: Path) -> None:
-        data_dir, port = tmp_path / "data", free_port()
-        url = f"http://127.0.0.1:{port}"
-        proc = _serve(data_dir, port)
-        _wait(url, proc)
-        proc.kill()
-        proc.wait(timeout=10)
-        proc = _serve(data_dir, port)
-        try:
-            _wait(url, proc)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
+        data_dir = tmp_path / "data"
+        with serving(data_dir, stop=signal.SIGKILL):
+            pass
+        with serving(data_dir) as url:
+            assert _issue_launch_token(url, data_dir) == 201
         assert not _postgres_running(data_dir / "pgdata")
 
 
