@@ -75,11 +75,9 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI
 
 def app_from_environment() -> FastAPI:
     """The app as a worker process of `serve --workers N` builds it: settings from the environment."""
-    from partner_gateway.cli import secret_values
     from partner_gateway.config import load_settings
-    from partner_gateway.logs import configure_logging, redactor
+    from partner_gateway.logs import setup_logging
 
     settings, _ = load_settings()
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
-    redactor.register(secret_values(settings))
+    setup_logging(settings)
     return create_app(settings)

@@ -17,7 +17,7 @@ from typing import Any
 from pydantic import SecretStr
 
 from partner_gateway.config import ConfigError, Settings, load_settings
-from partner_gateway.logs import configure_logging, get_logger, redactor
+from partner_gateway.logs import get_logger, setup_logging
 
 logger = get_logger("partner_gateway.cli")
 
@@ -197,8 +197,7 @@ def main(argv: list[str] | None = None) -> None:
     except ConfigError as exc:
         print(f"partner-gateway: configuration error: {exc}", file=sys.stderr)  # noqa: T201
         raise SystemExit(2) from None
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
-    redactor.register(secret_values(settings))
+    setup_logging(settings)
     if args.command == "serve":
         serve(settings, generated, host=args.host, port=args.port, workers=args.workers)
     elif args.command == "migrate":
@@ -207,12 +206,3 @@ def main(argv: list[str] | None = None) -> None:
         purge(settings, batch=args.batch)
     elif args.command == "bidpaw-sandbox":
         bidpaw_sandbox(settings, host=args.host, port=args.port)
-
-
-def secret_values(settings: Settings) -> list[str]:
-    """Every configured secret, for the log redactor."""
-    keys = [*settings.gateway_api_keys, *settings.betlink_api_keys, *settings.data_encryption_key]
-    keys += settings.betlink_user_id_key
-    if settings.bidpaw_secret_key is not None:
-        keys.append(settings.bidpaw_secret_key)
-    return [key.get_secret_value() for key in keys]

@@ -133,6 +133,15 @@ class Settings(BaseSettings):
     def encryption_keys(self) -> list[bytes]:
         return _decode_keys(self.data_encryption_key, size=32)
 
+    @property
+    def secret_values(self) -> list[str]:
+        """Every configured secret, for the log redactor."""
+        keys = [*self.gateway_api_keys, *self.betlink_api_keys, *self.data_encryption_key]
+        keys += self.betlink_user_id_key
+        if self.bidpaw_secret_key is not None:
+            keys.append(self.bidpaw_secret_key)
+        return [key.get_secret_value() for key in keys]
+
     def require_complete(self) -> None:
         """Raise ConfigError naming the first required variable that is still missing."""
         required = {

@@ -16,6 +16,8 @@ from typing import Any, TextIO
 
 import structlog
 
+from partner_gateway.config import Settings
+
 REDACTED = "[redacted]"
 _SENSITIVE_KEY = re.compile(
     r"token|secret|password|authorization|api[-_]?key|^sign$|signature|iframe_?url|cookie", re.IGNORECASE
@@ -131,3 +133,9 @@ def _logger_field(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> 
     if "logger_name" in event:
         event["logger"] = event.pop("logger_name")
     return event
+
+
+def setup_logging(settings: Settings) -> None:
+    """A process's logging, as the settings ask, with every configured secret redacted."""
+    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    redactor.register(settings.secret_values)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
@@ -13,7 +12,7 @@ from partner_gateway.bidpaw.client import BidPawClient
 from partner_gateway.db import Database
 from partner_gateway.errors import PlayerBlocked, ServiceUnavailable
 from partner_gateway.openapi import problem_responses
-from partner_gateway.security import GatewayCaller, PlayerId, SettingsDep
+from partner_gateway.security import GatewayCaller, PlayerId
 
 MAX_NICK_CHARS = 256
 
@@ -34,11 +33,12 @@ Nick = Annotated[
 ]
 
 
-async def _is_blocked(request: Request, *, user_id: str, timeout: float) -> bool:
+async def _is_blocked(request: Request, *, user_id: str) -> bool:
     # A connection of its own, returned at once: the request must not hold a pooled connection
-    # (and an open transaction) while it waits up to BIDPAW_TIMEOUT_SECONDS for BidPaw.
+    # (and an open transaction) while it waits up to BIDPAW_TIMEOUT_SECONDS for BidPaw. Its
+    # waits are bounded by the Database's deadline like every other request's.
     database: Database = request.app.state.database
-    async with asyncio.timeout(timeout), database.statement() as conn:
+    async with database.statement() as conn:
         return await store.is_blocked(conn, user_id=user_id)
 
 
@@ -61,7 +61,6 @@ async def open_session(
     response: Response,
     caller: GatewayCaller,
     user_id: PlayerId,
-    settings: SettingsDep,
     nick: Nick = None,
 ) -> OpenSessionResponse:
     """BidPaw's lobby link (`iframeURL`) for the player, from BidPaw's signed open-session call.
@@ -71,7 +70,7 @@ async def open_session(
     but a JSON object with an absolute https `iframeURL`; 504 when it accepted the connection but
     did not answer within BIDPAW_TIMEOUT_SECONDS. An empty `nick` is the same as none.
     """
-    if await _is_blocked(request, user_id=user_id, timeout=settings.db_timeout_seconds):
+    if await _is_blocked(request, user_id=user_id):
         raise PlayerBlocked("the player is blocked")
     iframe_url = await _bidpaw(request).open_session(user_id=user_id, nick=nick or None)
     response.headers["Cache-Control"] = "no-store"
