@@ -1,0 +1,49 @@
+"""Programs from Debian's packages that some tests start for real (podman, nginx, pgbouncer, chromium).
+
+`require_programs` installs what is missing when it can (root with apt-get, as on CI and the
+development machines) and otherwise skips, except under CI (`CI=true`), where a missing program
+fails the test: a green CI must never mean "skipped".
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+
+import pytest
+
+_UPDATED = False
+
+
+def _install(packages: list[str]) -> None:
+    global _UPDATED
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    started = time.monotonic()
+    wait = ["-o", "DPkg::Lock::Timeout=300"]  # another install may hold dpkg's lock
+    if not _UPDATED:
+        subprocess.run(["apt-get", *wait, "update", "-qq"], check=True, env=env, timeout=300)
+        _UPDATED = True
+    command = ["apt-get", *wait, "install", "-y", "-qq", "--no-install-recommends", *packages]
+    subprocess.run(command, check=True, env=env, timeout=600, stdout=subprocess.DEVNULL)
+    print(f"[system] installed {' '.join(packages)} in {time.monotonic() - started:.1f} s", file=sys.stderr)
+
+
+def require_programs(programs: dict[str, str], *extra_packages: str) -> None:
+    """Make each program (name → Debian package) available, or skip (fail under CI)."""
+    missing = {package for program, package in programs.items() if shutil.which(program) is None}
+    if not missing:
+        return
+    can_install = os.geteuid() == 0 and shutil.which("apt-get") is not None
+    if can_install:
+        _install(sorted(missing | set(extra_packages)))
+        still = [program for program in programs if shutil.which(program) is None]
+        if not still:
+            return
+        missing = {programs[program] for program in still}
+    reason = f"needs Debian packages {', '.join(sorted(missing))} (apt-get install them, or run as root)"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
