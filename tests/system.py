@@ -28,7 +28,9 @@ def _install(packages: list[str]) -> None:
         _UPDATED = True
     command = ["apt-get", *wait, "install", "-y", "-qq", "--no-install-recommends", *packages]
     subprocess.run(command, check=True, env=env, timeout=600, stdout=subprocess.DEVNULL)
-    print(f"[system] installed {' '.join(packages)} in {time.monotonic() - started:.1f} s", file=sys.stderr)
+    print(  # noqa: T201  (timings the brief asks each real-process test to print)
+        f"[system] installed {' '.join(packages)} in {time.monotonic() - started:.1f} s", file=sys.stderr
+    )
 
 
 def require_programs(programs: dict[str, str], *extra_packages: str) -> None:
