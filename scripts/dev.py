@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Bootstrap and run partner-gateway with nothing but Python 3.11+ (standard library only).
 
-    python3 scripts/dev.py serve [--host H] [--port P]   run the service (embedded PostgreSQL by default)
+    python3 scripts/dev.py serve [--host H] [--port P]   run the service (--local unless DATABASE_URL is set)
     python3 scripts/dev.py test [pytest args]            run the whole test suite
     python3 scripts/dev.py lint                          ruff + mypy --strict
     python3 scripts/dev.py bench [args]                  the benchmark (see bench/README section)
@@ -13,10 +13,12 @@ The first run installs uv into .tools/ (from PyPI) unless uv is already on PATH,
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 import venv
 from pathlib import Path
 
@@ -24,6 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / ".tools"
 VENV = ROOT / ".venv"
 UV_VERSION = "0.13.9"
+LOCAL_COMMANDS = ("serve", "migrate", "purge")
 
 
 def _uv() -> str:
@@ -69,6 +72,11 @@ def main(argv: list[str]) -> int:
     bin_dir = VENV / "bin"
     command, rest = argv[0], argv[1:]
     if command == "test":
+        # pytest keeps the newest three runs under one temporary root per user and deletes older
+        # ones, even those of a run still going in another checkout: one root per checkout.
+        tag = hashlib.sha256(str(ROOT).encode()).hexdigest()[:8]
+        os.environ.setdefault("PYTEST_DEBUG_TEMPROOT", str(Path(tempfile.gettempdir(), f"pg-tests-{tag}")))
+        Path(os.environ["PYTEST_DEBUG_TEMPROOT"]).mkdir(exist_ok=True)
         _exec(str(bin_dir / "python"), "-m", "pytest", *rest)
     if command == "lint":
         checks = [
@@ -79,6 +87,8 @@ def main(argv: list[str]) -> int:
         return max(_run(*check) for check in checks)
     if command == "bench":
         _exec(str(bin_dir / "python"), str(ROOT / "bench" / "run.py"), *rest)
+    if command in LOCAL_COMMANDS and "--local" not in rest and "DATABASE_URL" not in os.environ:
+        rest = ["--local", *rest]  # the development machine: an embedded PostgreSQL, asked for
     _exec(str(bin_dir / "partner-gateway"), command, *rest)
     return 0
 

@@ -7,6 +7,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import httpx
 
@@ -48,3 +50,17 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 60) 
             pass
         time.sleep(0.1)
     raise TimeoutError(f"{url} did not become ready")
+
+
+@contextmanager
+def served(database_url: str, *, workers: int = 1, **settings: str) -> Iterator[str]:
+    """A real `partner-gateway serve` on a free port, ready; its base URL. Stopped on exit."""
+    port = free_port()
+    proc = serve(database_url, port, workers=workers, **settings)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_ready(url, proc)
+        yield url
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

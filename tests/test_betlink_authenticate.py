@@ -18,7 +18,7 @@ from partner_gateway import store
 from partner_gateway.betlink import service
 from partner_gateway.betlink.schemas import AuthenticateRequest
 from partner_gateway.errors import BetLinkError
-from tests.conftest import BETLINK_KEY_ROTATED, OPERATOR_ID, REDIRECT_URL, app_of
+from tests.conftest import BETLINK_KEY_ROTATED, GATEWAY_HEADERS, OPERATOR_ID, REDIRECT_URL, app_of
 from tests.helpers import auth_body, auth_headers, authenticate, failure, hold_key_claim, launch
 
 URL = "/betlink/authenticate"
@@ -338,3 +338,24 @@ class TestRows10And11Failures:
         response = await authenticate(client, session)
         assert response.status_code == 500
         assert response.json() == failure("GENERAL_EXCEPTION", "unexpected error")
+
+
+class TestTokenAnswersAreNeverCached:
+    async def test_authenticate_and_its_replay_are_no_store(self, client: httpx.AsyncClient) -> None:
+        session = await launch(client)
+        key = str(uuid.uuid4())
+        first = await authenticate(client, session, key=key)
+        replay = await authenticate(client, session, key=key)
+        assert first.status_code == replay.status_code == 200
+        assert first.headers["cache-control"] == replay.headers["cache-control"] == "no-store"
+
+    async def test_introspection_is_no_store(self, client: httpx.AsyncClient) -> None:
+        token = (await authenticate(client, await launch(client))).json()["operatorSessionToken"]
+        for presented in (token, "unknown"):
+            response = await client.post(
+                "/betlink/sessions/introspect",
+                headers=GATEWAY_HEADERS,
+                json={"operatorSessionToken": presented},
+            )
+            assert response.status_code == 200
+            assert response.headers["cache-control"] == "no-store"

@@ -52,6 +52,8 @@ class TestExternalDatabase:
             ("DATA_ENCRYPTION_KEY", "c2VjcmV0LXRvby1zaG9ydA=="),
             ("BETLINK_USER_ID_KEY", base64.b64encode(b"k" * 32).decode()),
             ("DATABASE_URL", "postgresql://secret-password@db/x"),
+            ("DATABASE_URL", "postgresql+asyncpg://gw:secret-password@db:54x2/x"),
+            ("DATABASE_URL", "postgresql+asyncpg://gw:secret-password@db:99999/x"),
             ("BETLINK_SESSION_TTL_SECONDS", "-5"),
             ("DB_TIMEOUT_SECONDS", "soon"),
             ("BIDPAW_API_URL", "ftp://bidpaw"),
@@ -83,8 +85,8 @@ class TestLocalMode:
         for name in REQUIRED:
             env.delenv(name)
         env.setenv("DATA_DIR", str(tmp_path / "data"))
-        first, generated = load_settings()
-        second, again = load_settings()
+        first, generated = load_settings(local=True)
+        second, again = load_settings(local=True)
         assert set(generated) == {"GATEWAY_API_KEYS", "BETLINK_API_KEYS", "DATA_ENCRYPTION_KEY"}
         assert again == generated
         assert first.gateway_api_keys == second.gateway_api_keys
@@ -98,6 +100,47 @@ class TestLocalMode:
     ) -> None:
         env.delenv("DATABASE_URL")
         env.setenv("DATA_DIR", str(tmp_path / "data"))
-        settings, generated = load_settings()
+        settings, generated = load_settings(local=True)
         assert generated == {}
         assert settings.betlink_operator_id == "op"
+
+
+class TestLocalModeOnlyWhenAskedFor:
+    """A container without DATABASE_URL must not quietly get a private, throw-away database."""
+
+    @pytest.mark.parametrize("command", ["serve", "migrate", "purge"])
+    def test_without_database_url_or_local_nothing_starts(
+        self, env: pytest.MonkeyPatch, tmp_path: Path, command: str
+    ) -> None:
+        env.delenv("DATABASE_URL")
+        env.setenv("DATA_DIR", str(tmp_path / "data"))
+        result = subprocess.run(
+            [sys.executable, "-m", "partner_gateway", command], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            "partner-gateway: configuration error: DATABASE_URL is required; for development on this "
+            f"machine ask for local mode: partner-gateway {command} --local"
+        ]
+        assert result.stdout == ""
+        assert not (tmp_path / "data").exists()  # no key generated, no database created
+
+    def test_no_secret_is_generated_without_local(self, env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        for name in REQUIRED:
+            env.delenv(name)
+        env.setenv("DATA_DIR", str(tmp_path / "data"))
+        with pytest.raises(ConfigError, match=r"^DATABASE_URL is required"):
+            load_settings()
+        assert not (tmp_path / "data").exists()
+
+    def test_local_and_database_url_together_are_refused(self, env: pytest.MonkeyPatch) -> None:
+        with pytest.raises(ConfigError, match=r"^DATABASE_URL is set, so --local"):
+            load_settings(local=True)
+
+    def test_migrate_and_purge_need_nothing_but_the_database(self, env: pytest.MonkeyPatch) -> None:
+        for name in REQUIRED:
+            if name != "DATABASE_URL":
+                env.delenv(name)
+        settings, generated = load_settings(command="migrate", service=False)
+        assert settings.database_url == REQUIRED["DATABASE_URL"]
+        assert generated == {}

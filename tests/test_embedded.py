@@ -23,7 +23,7 @@ def _serve(data_dir: Path, port: int) -> subprocess.Popen[bytes]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "GATEWAY_", "BETLINK_"))}
     env.update({"DATA_DIR": str(data_dir), "LOG_LEVEL": "WARNING"})
     return subprocess.Popen(
-        [sys.executable, "-m", "partner_gateway", "serve", "--port", str(port)],
+        [sys.executable, "-m", "partner_gateway", "serve", "--local", "--port", str(port)],
         env=env,
         stdout=subprocess.PIPE,
     )

@@ -271,3 +271,31 @@ class TestUnexpectedErrors:
         assert errors
         assert all(line["request_id"] == "req-500" for line in errors)
         assert any("RuntimeError" in line.get("exception", "") for line in errors)
+
+
+class TestBoundedLabels:
+    async def test_a_method_outside_the_standard_set_is_counted_as_other(
+        self, client: httpx.AsyncClient
+    ) -> None:
+        for method in ("FOO", "BREW", "X" * 40):
+            await client.request(method, "/healthz")
+        response = await client.get("/metrics")
+        methods = {
+            sample.labels["method"]
+            for family in text_string_to_metric_families(response.text)
+            if family.name == "partner_gateway_http_requests"
+            for sample in family.samples
+        }
+        assert "OTHER" in methods
+        assert methods <= {
+            "GET",
+            "HEAD",
+            "POST",
+            "PUT",
+            "DELETE",
+            "CONNECT",
+            "OPTIONS",
+            "TRACE",
+            "PATCH",
+            "OTHER",
+        }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +16,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from partner_gateway.security import key_label
 from tests.conftest import GATEWAY_HEADERS, GATEWAY_KEY
 from tests.helpers import authenticate, failure, launch
+from tests.processes import served
 
 PROBLEM = "application/problem+json"
 
@@ -130,6 +132,43 @@ class TestBlockPathIds:
         assert (await client.post("/betlink/session", headers=headers)).status_code == 403
         assert (await client.delete("/players/a%2Fb/block", headers=GATEWAY_HEADERS)).status_code == 204
         assert (await client.post("/betlink/session", headers=headers)).status_code == 201
+
+
+async def _blocked_players(engine: AsyncEngine) -> list[str]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(text("SELECT user_id FROM players WHERE blocked ORDER BY user_id"))
+        return list(rows.scalars())
+
+
+# Paths the router matches once percent-decoded, but that are not spelled /players/{userId}/block.
+DISGUISED_PATHS = ["/%70layers/victim/block", "/players/victim/bloc%6B", "/pl%61yers/victim/%62lock"]
+
+
+class TestBlockPathsAreStrict:
+    """A compliance control fails closed: a disguised path blocks nobody, not even someone else."""
+
+    @pytest.mark.parametrize("path", DISGUISED_PATHS)
+    @pytest.mark.parametrize("method", ["PUT", "DELETE"])
+    async def test_a_disguised_path_is_404_and_blocks_nobody(
+        self, client: httpx.AsyncClient, engine: AsyncEngine, path: str, method: str
+    ) -> None:
+        response = await client.request(method, path, headers=GATEWAY_HEADERS)
+        assert response.status_code == 404
+        assert response.headers["content-type"] == PROBLEM
+        assert await _blocked_players(engine) == []
+
+    @pytest.mark.slow
+    def test_through_a_real_server_too(self, database_url: str) -> None:
+        with served(database_url) as url:
+            port = int(url.rsplit(":", 1)[1])
+            for path in DISGUISED_PATHS:
+                request = f"PUT {path} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {GATEWAY_KEY}\r\n"
+                with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+                    sock.sendall(request.encode() + b"Content-Length: 0\r\nConnection: close\r\n\r\n")
+                    status_line = sock.makefile("rb").readline()
+                assert status_line.startswith(b"HTTP/1.1 404 "), (path, status_line)
+            headers = {**GATEWAY_HEADERS, "X-User-Id": "victim"}
+            assert httpx.post(f"{url}/betlink/session", headers=headers).status_code == 201
 
 
 class TestBlockRejects:

@@ -92,3 +92,59 @@ class TestFlow:
         session = await launch(before)
         after = await make_client(betlink_user_id_key=f"{b64(KEY_B)},{b64(KEY_A)}")
         assert (await authenticate(after, session)).status_code == 200
+
+
+ALPHABET = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_"
+
+
+def _other_spellings(value: str) -> dict[str, str]:
+    """Every other way to write the bytes of a base64url pseudonym that a lax decoder accepts."""
+    spellings = {}
+    padding = "=" * (-len(value) % 4)
+    if padding:
+        spellings["padded"] = value + padding
+    if "-" in value or "_" in value:
+        spellings["standard alphabet"] = value.replace("-", "+").replace("_", "/")
+    if len(value) % 4:  # the last character carries spare bits that decoders ignore
+        spellings["spare bits"] = value[:-1] + ALPHABET[ALPHABET.index(value[-1]) ^ 1]
+    return spellings
+
+
+def _player_for(length_mod_3: int, *, cipher: UserIdCipher) -> str:
+    """A player id whose pseudonym has sealed bytes ≡ `length_mod_3` (mod 3) and a - or _ in it."""
+    for n in range(1000):
+        base = f"p{n}"
+        user_id = base + "x" * ((length_mod_3 - 16 - len(base)) % 3)  # AES-SIV adds 16 bytes
+        value = cipher.encrypt(user_id)
+        if "-" in value or "_" in value:
+            return user_id
+    raise AssertionError("no such player id")
+
+
+class TestOneSpellingPerPseudonym:
+    """BetLink must see one id per wallet: only the spelling /betlink/session issued is valid."""
+
+    @pytest.mark.parametrize("length_mod_3", [0, 1, 2])
+    def test_the_cipher_refuses_every_other_spelling(self, length_mod_3: int) -> None:
+        cipher = UserIdCipher([KEY_A])
+        user_id = _player_for(length_mod_3, cipher=cipher)
+        value = cipher.encrypt(user_id)
+        spellings = _other_spellings(value)
+        assert set(spellings) >= {"standard alphabet"} | ({"padded", "spare bits"} if length_mod_3 else set())
+        for name, spelling in spellings.items():
+            assert spelling != value
+            assert cipher.decrypt(spelling) is None, name
+        assert cipher.decrypt(value) == user_id
+
+    @pytest.mark.parametrize("length_mod_3", [0, 1, 2])
+    async def test_authenticate_answers_invalid_user_for_another_spelling(
+        self, make_client: Callable[..., Any], length_mod_3: int
+    ) -> None:
+        client: httpx.AsyncClient = await make_client(betlink_user_id_key=b64(KEY_A))
+        user_id = _player_for(length_mod_3, cipher=UserIdCipher([KEY_A]))
+        session = await launch(client, user_id)
+        for name, spelling in _other_spellings(session["userId"]).items():
+            response = await authenticate(client, session, userId=spelling)
+            assert response.status_code == 400, name
+            assert response.json() == failure("INVALID_USER", "userId does not match the session's player")
+        assert (await authenticate(client, session)).status_code == 200

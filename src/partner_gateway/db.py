@@ -8,8 +8,11 @@ from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from datetime import UTC, datetime
 from typing import Annotated
 
+import asyncpg
 from fastapi import Depends, Request
 from sqlalchemy import MetaData
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
@@ -123,3 +126,30 @@ async def database_of(request: Request) -> Database:
 
 
 DatabaseDep = Annotated[Database, Depends(database_of)]
+
+
+# What a database that is down, unreachable, refusing or failing raises through SQLAlchemy or
+# asyncpg: what the long-running `purge --every` survives and what the CLI reports in one line.
+DATABASE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    SQLAlchemyError,
+    asyncpg.PostgresError,
+    asyncpg.InterfaceError,
+)
+
+
+def describe_failure(exc: BaseException, url: str) -> str:
+    """One line for an operator: where the database is and what went wrong, never the password."""
+    location = make_url(url)
+    host = location.host or location.query.get("host") or "localhost"
+    cause: BaseException = exc
+    while type(cause).__module__.startswith("sqlalchemy"):  # its wrappers quote SQL and links
+        nested = cause.orig if isinstance(cause, DBAPIError) else cause.__cause__
+        if nested is None:
+            break
+        cause = nested
+    message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
+    if location.password:
+        message = message.replace(location.password, "***")
+    return f"database at {host}:{location.port or 5432}: {type(cause).__name__}: {message}"

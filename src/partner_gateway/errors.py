@@ -53,6 +53,11 @@ class Forbidden(ServiceError):
     title = "Forbidden"
 
 
+class NotFound(ServiceError):
+    status = 404
+    title = "Not Found"
+
+
 class PlayerBlocked(Forbidden):
     title = "Player blocked"
 

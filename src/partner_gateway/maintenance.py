@@ -1,7 +1,9 @@
-"""Retention: `partner-gateway purge` deletes processed keys and sessions past their use."""
+"""Retention: `partner-gateway purge [--every S]` deletes processed keys and sessions past their use."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -10,6 +12,10 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from partner_gateway import store
 from partner_gateway.config import Settings
+from partner_gateway.db import DATABASE_ERRORS, utc_now
+from partner_gateway.logs import get_logger
+
+logger = get_logger(__name__)
 
 # A session is dead once its launch token and its session token have both expired; a day more
 # keeps it around for support questions ("was this player's token live at 14:02?").
@@ -49,3 +55,35 @@ async def _drain(
         total += deleted
         if deleted < batch:
             return total
+
+
+# After a failed run the loop retries sooner than `every`, doubling from this up to `every`
+# (at most MAX_BACKOFF), so an outage costs one log line per attempt, not a busy loop.
+FIRST_BACKOFF_SECONDS = 1.0
+MAX_BACKOFF_SECONDS = 60.0
+
+
+async def purge_every(
+    engine: AsyncEngine,
+    *,
+    settings: Settings,
+    every: float,
+    stop: asyncio.Event,
+    batch: int = 1000,
+    on_failure: Callable[[BaseException], str] = repr,
+) -> None:
+    """Purge now and then every `every` seconds until `stop` is set; database failures are
+    logged (one line each, through `on_failure`'s description) and retried with backoff."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            purged = await purge_expired(engine, settings=settings, now=utc_now(), batch=batch)
+        except DATABASE_ERRORS as exc:
+            failures += 1
+            wait = min(every, MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (failures - 1))
+            logger.warning("purge.failed", error=on_failure(exc), attempt=failures, retry_in_s=wait)
+        else:
+            failures, wait = 0, every
+            logger.info("purge.done", keys=purged.keys, sessions=purged.sessions)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=wait)

@@ -32,6 +32,15 @@ def _request_id(scope: Scope) -> str:
     return uuid.uuid4().hex
 
 
+# uvicorn accepts any token as a method; counted as itself, each would be a new metric series.
+STANDARD_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"})
+
+
+def _method(scope: Scope) -> str:
+    method: str = scope["method"]
+    return method if method in STANDARD_METHODS else "OTHER"
+
+
 def _route(scope: Scope) -> str:
     route = scope.get("route")
     return str(getattr(route, "path_format", None) or getattr(route, "path", None) or "unmatched")
@@ -96,7 +105,7 @@ class RequestContextMiddleware:
         return receive_limited
 
     def _record(self, scope: Scope, status: int, elapsed: float) -> None:
-        method, route = scope["method"], _route(scope)
+        method, route = _method(scope), _route(scope)
         HTTP_REQUESTS.labels(method, route, str(status)).inc()
         HTTP_LATENCY.labels(method, route, str(status)).observe(elapsed)
         logger.info(

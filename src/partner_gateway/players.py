@@ -9,12 +9,12 @@ from fastapi import APIRouter, Depends, Path, Request, Response, status
 
 from partner_gateway import store
 from partner_gateway.db import DatabaseDep, utc_now
-from partner_gateway.errors import BadRequest
+from partner_gateway.errors import BadRequest, NotFound
 from partner_gateway.logs import get_logger
 from partner_gateway.openapi import problem_responses
-from partner_gateway.security import GatewayCaller, check_user_id
+from partner_gateway.security import GatewayCaller, SingleGatewayHeaders, check_user_id
 
-router = APIRouter(prefix="/players", tags=["players"])
+router = APIRouter(prefix="/players", tags=["players"], dependencies=[SingleGatewayHeaders])
 logger = get_logger(__name__)
 
 PREFIX, SUFFIX = b"/players/", b"/block"
@@ -25,10 +25,16 @@ async def path_player_id(
     user_id: Annotated[str, Path(alias="userId", description="The player's id, percent-encoded UTF-8.")],
 ) -> str:
     """The player id from the raw path: percent-decoded as strict UTF-8 (a `/` in an id arrives
-    as %2F), under the same rules as `X-User-Id`."""
-    raw: bytes = request.scope.get("raw_path") or user_id.encode()
-    if raw.startswith(PREFIX) and raw.endswith(SUFFIX):
-        raw = raw[len(PREFIX) : -len(SUFFIX)]
+    as %2F), under the same rules as `X-User-Id`.
+
+    The router matched the percent-decoded path, so `/%70layers/x/block` or `/players/x/bloc%6B`
+    got here too. A compliance control fails closed: only a raw path spelled exactly
+    `/players/{userId}/block` counts, anything else is 404 and blocks nobody.
+    """
+    raw: bytes = (request.scope.get("raw_path") or b"").partition(b"?")[0]  # ASGITransport keeps it
+    if not (raw.startswith(PREFIX) and raw.endswith(SUFFIX)):
+        raise NotFound("no such resource")
+    raw = raw[len(PREFIX) : -len(SUFFIX)]
     try:
         return check_user_id(unquote_to_bytes(raw).decode("utf-8"))
     except UnicodeDecodeError:
@@ -42,7 +48,7 @@ UserIdPath = Annotated[str, Depends(path_player_id)]
     "/{userId:path}/block",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(400, 401, 503),
+    responses=problem_responses(400, 401, 404, 503),
 )
 async def block(caller: GatewayCaller, user_id: UserIdPath, db: DatabaseDep) -> None:
     """Block a player at once: every live launch and session token is revoked in the same
@@ -59,7 +65,7 @@ async def block(caller: GatewayCaller, user_id: UserIdPath, db: DatabaseDep) -> 
     "/{userId:path}/block",
     status_code=status.HTTP_204_NO_CONTENT,
     response_class=Response,
-    responses=problem_responses(400, 401, 503),
+    responses=problem_responses(400, 401, 404, 503),
 )
 async def unblock(caller: GatewayCaller, user_id: UserIdPath, db: DatabaseDep) -> None:
     """Let the player start new sessions. Tokens revoked by the block stay revoked. Idempotent."""

@@ -24,7 +24,7 @@ from fastapi import Depends, Header, Request
 from pydantic import SecretStr
 
 from partner_gateway.config import Settings
-from partner_gateway.errors import BadRequest, Unauthorized
+from partner_gateway.errors import BadRequest, BetLinkError, Unauthorized
 
 LAUNCH_TOKEN_BYTES = 16  # 128 bits
 SESSION_TOKEN_BYTES = 32  # 256 bits
@@ -62,6 +62,38 @@ async def settings_of(request: Request) -> Settings:
 
 
 SettingsDep = Annotated[Settings, Depends(settings_of)]
+
+
+def _repeated(request: Request, names: Sequence[bytes]) -> set[bytes]:
+    seen: set[bytes] = set()
+    repeated: set[bytes] = set()
+    for name, _ in request.headers.raw:  # ASGI header names are lower case
+        if name in names:
+            (repeated if name in seen else seen).add(name)
+    return repeated
+
+
+# A gateway that appends its verified X-User-Id instead of replacing the browser's would leave
+# two; taking either one would let a player act as anyone. Headers that identify the caller
+# count only when they occur exactly once, checked before anything else is looked at.
+async def single_gateway_headers(request: Request) -> None:
+    repeated = _repeated(request, (b"authorization", b"x-user-id"))
+    if b"authorization" in repeated:
+        raise Unauthorized("Authorization must be sent exactly once")
+    if b"x-user-id" in repeated:
+        raise BadRequest("X-User-Id must be sent exactly once")
+
+
+async def single_betlink_headers(request: Request) -> None:
+    repeated = _repeated(request, (b"x-api-key", b"x-idempotency-key"))
+    if b"x-api-key" in repeated:
+        raise BetLinkError("AUTHENTICATION_FAILED", "X-API-Key must be sent exactly once")
+    if b"x-idempotency-key" in repeated:
+        raise BetLinkError("MISSING_PARAMETER", "X-Idempotency-Key must be sent exactly once")
+
+
+SingleGatewayHeaders = Depends(single_gateway_headers)
+SingleBetLinkHeaders = Depends(single_betlink_headers)
 
 
 @dataclass(frozen=True)
@@ -125,6 +157,10 @@ class UserIdCipher:
         try:
             sealed = base64.urlsafe_b64decode(value + "=" * (-len(value) % 4))
         except ValueError:
+            return None
+        # One spelling per pseudonym: padding, the standard alphabet or other spare bits in the
+        # last character decode to the same bytes, and would give BetLink many ids for one wallet.
+        if base64.urlsafe_b64encode(sealed).rstrip(b"=").decode() != value:
             return None
         for cipher in self._ciphers:
             try:

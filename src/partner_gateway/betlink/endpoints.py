@@ -25,11 +25,21 @@ from partner_gateway.errors import BadRequest, BetLinkError, ServiceError
 from partner_gateway.logs import get_logger
 from partner_gateway.metrics import BETLINK_AUTH
 from partner_gateway.openapi import problem_responses
-from partner_gateway.security import GatewayCaller, PlayerId, Sealer, SettingsDep, UserIdCipher, match_key
+from partner_gateway.security import (
+    GatewayCaller,
+    PlayerId,
+    Sealer,
+    SettingsDep,
+    SingleBetLinkHeaders,
+    SingleGatewayHeaders,
+    UserIdCipher,
+    match_key,
+)
 
 Body = TypeVar("Body", bound=BaseModel)
 
 router = APIRouter(prefix="/betlink", tags=["betlink"])
+NO_STORE = {"Cache-Control": "no-store"}  # every answer that carries a token
 logger = get_logger(__name__)
 
 
@@ -48,6 +58,7 @@ def _cipher(request: Request) -> UserIdCipher:
     "/session",
     status_code=status.HTTP_201_CREATED,
     response_model=LaunchTokenResponse,
+    dependencies=[SingleGatewayHeaders],
     responses=problem_responses(400, 401, 403, 503),
 )
 async def create_launch_token(
@@ -78,10 +89,13 @@ async def create_launch_token(
     "/sessions/introspect",
     response_model=IntrospectResponse,
     response_model_exclude_none=True,
+    dependencies=[SingleGatewayHeaders],
     responses=problem_responses(400, 401, 413, 503),
     openapi_extra=_json_body(IntrospectRequest),
 )
-async def introspect(request: Request, caller: GatewayCaller, db: DatabaseDep) -> IntrospectResponse:
+async def introspect(
+    request: Request, response: Response, caller: GatewayCaller, db: DatabaseDep
+) -> IntrospectResponse:
     """For the operator's wallet: is the `sessionToken` BetLink presents on a bet live, and whose?
 
     Answers `{"active": false}` for an unknown, expired or revoked token or a blocked player.
@@ -90,6 +104,7 @@ async def introspect(request: Request, caller: GatewayCaller, db: DatabaseDep) -
     body = _parse(IntrospectRequest, await request.body(), error=BadRequest)
     async with db.statement() as conn:
         live = await service.introspect(conn, token=body.operator_session_token, now=utc_now())
+    response.headers["Cache-Control"] = "no-store"
     if live is None:
         return IntrospectResponse(active=False)
     return IntrospectResponse(
@@ -104,6 +119,7 @@ def _failure(description: str) -> dict[str, Any]:
 @router.post(
     "/authenticate",
     response_model=AuthenticateResponse,
+    dependencies=[SingleBetLinkHeaders],
     responses={
         400: _failure("MISSING_PARAMETER, INVALID_USER or USER_BLOCKED"),
         401: _failure("INVALID_SESSION"),
@@ -149,7 +165,7 @@ async def authenticate(
     logger.info(
         "betlink.replayed" if result.replayed else "betlink.authenticated", user_id=auth_request.user_id
     )
-    return Response(result.body, media_type="application/json")
+    return Response(result.body, media_type="application/json", headers=NO_STORE)
 
 
 def _idempotency_key(value: str | None) -> uuid.UUID:

@@ -12,11 +12,11 @@ from partner_gateway.bidpaw.client import BidPawClient
 from partner_gateway.db import Database
 from partner_gateway.errors import PlayerBlocked, ServiceUnavailable
 from partner_gateway.openapi import problem_responses
-from partner_gateway.security import GatewayCaller, PlayerId
+from partner_gateway.security import GatewayCaller, PlayerId, SingleGatewayHeaders
 
 MAX_NICK_CHARS = 256
 
-router = APIRouter(prefix="/bidpaw", tags=["bidpaw"])
+router = APIRouter(prefix="/bidpaw", tags=["bidpaw"], dependencies=[SingleGatewayHeaders])
 
 
 class OpenSessionResponse(BaseModel):
