@@ -99,6 +99,27 @@ class TestLocalServe:
         assert not _postgres_running(data_dir / "pgdata")
 
 
+@pytest.mark.slow
+class TestLocalModeSaysSo:
+    def test_start_up_warns_with_the_absolute_data_directory_and_prints_the_keys(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.chdir(tmp_path)
+        port = free_port()
+        proc = _serve(Path("relative-data"), port)
+        try:
+            _wait(f"http://127.0.0.1:{port}", proc)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            out, _ = proc.communicate(timeout=30)
+        lines = out.decode().splitlines()
+        warning = next(json.loads(line) for line in lines if "local mode is on" in line)
+        assert warning["level"] == "warning"
+        assert warning["data_dir"] == str(tmp_path / "relative-data")
+        banner = next(line for line in lines if line.startswith("partner-gateway local mode: generated keys"))
+        assert str(tmp_path / "relative-data" / "local-secrets.json") in banner
+
+
 class TestPruneHandles:
     def test_forgets_dead_pids_and_keeps_live_ones(self, tmp_path: Path) -> None:
         dead = subprocess.Popen(["true"])
