@@ -213,7 +213,7 @@ class TestRows6To9Session:
         session = await launch(client)
         response = await authenticate(client, session, launchToken="never-issued")
         assert response.status_code == 401
-        assert response.json() == failure("INVALID_SESSION", "no session has this launch token")
+        assert response.json() == failure("INVALID_SESSION", "unknown launch token")
 
     async def test_another_players_user_id_is_400_invalid_user(self, client: httpx.AsyncClient) -> None:
         session = await launch(client)
@@ -237,7 +237,7 @@ class TestRows6To9Session:
         response = await authenticate(client, session)
         assert response.status_code == 401
         assert response.json() == failure(
-            "INVALID_SESSION", "the launch token has expired or was already used"
+            "INVALID_SESSION", "the launch token was already exchanged for a session token"
         )
 
     async def test_a_revoked_launch_token_is_401(
@@ -246,7 +246,19 @@ class TestRows6To9Session:
         session = await launch(client)
         async with engine.begin() as conn:
             await conn.execute(text("UPDATE user_sessions SET revoked_at = now()"))
-        assert (await authenticate(client, session)).json()["errorCode"] == "INVALID_SESSION"
+        response = await authenticate(client, session)
+        assert response.status_code == 401
+        assert response.json() == failure("INVALID_SESSION", "the launch token was revoked")
+
+    async def test_an_expired_launch_token_is_401_and_says_so(
+        self, client: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        session = await launch(client)
+        async with engine.begin() as conn:
+            await conn.execute(text("UPDATE user_sessions SET launch_expires_at = now() - interval '1 s'"))
+        response = await authenticate(client, session)
+        assert response.status_code == 401
+        assert response.json() == failure("INVALID_SESSION", "the launch token has expired")
 
     async def test_user_id_check_comes_before_the_blocked_check(
         self, client: httpx.AsyncClient, engine: AsyncEngine
@@ -297,7 +309,7 @@ class TestLaunchTokenExpiry:
     ) -> None:
         with pytest.raises(BetLinkError) as raised:
             await exchange_at(client, engine, offset=11)
-        assert raised.value.code == "INVALID_SESSION"
+        assert (raised.value.code, raised.value.detail) == ("INVALID_SESSION", "the launch token has expired")
 
     async def test_a_token_that_expired_while_the_request_queued_is_refused(
         self, client: httpx.AsyncClient, engine: AsyncEngine

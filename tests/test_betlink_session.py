@@ -80,7 +80,7 @@ class TestRejectsCallers:
             "type": "about:blank",
             "title": "Unauthorized",
             "status": 401,
-            "detail": "missing or invalid gateway API key",
+            "detail": "missing or invalid gateway API key: send Authorization: Bearer <key>",
         }
 
     async def test_with_a_wrong_key_is_401(self, client: httpx.AsyncClient) -> None:

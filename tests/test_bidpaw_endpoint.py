@@ -209,7 +209,9 @@ class TestChecksInOrder:
         response = await open_session(client, authorized=False)
         assert response.status_code == 401
         assert response.headers["content-type"] == PROBLEM
-        assert response.json() == problem(401, "Unauthorized", "missing or invalid gateway API key")
+        assert response.json() == problem(
+            401, "Unauthorized", "missing or invalid gateway API key: send Authorization: Bearer <key>"
+        )
 
     async def test_without_a_user_id_is_400(self, make_client: ClientFactory) -> None:
         client = await make_client()
@@ -353,7 +355,7 @@ class TestOpenApi:
         spec = (await (await make_client()).get("/openapi.json")).json()
         operation = spec["paths"]["/bidpaw/open-session"]["get"]
         assert set(operation["responses"]) >= {"200", "400", "401", "403", "502", "503", "504"}
-        assert {param["name"] for param in operation["parameters"]} >= {"nick", "x-user-id"}
+        assert {param["name"] for param in operation["parameters"]} >= {"nick", "X-User-Id"}
         ok = operation["responses"]["200"]["content"]["application/json"]["schema"]
         assert ok == {"$ref": "#/components/schemas/OpenSessionResponse"}
         assert set(spec["components"]["schemas"]["OpenSessionResponse"]["properties"]) == {"iframeURL"}

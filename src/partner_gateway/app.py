@@ -9,6 +9,7 @@ import httpx
 from fastapi import FastAPI
 
 from partner_gateway import errors, ops, players
+from partner_gateway.apidocs import install_docs_pages
 from partner_gateway.betlink import endpoints as betlink
 from partner_gateway.bidpaw import endpoints as bidpaw
 from partner_gateway.bidpaw.client import BidPawClient
@@ -59,12 +60,16 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI
         version="0.1.0",
         description="The casino's side of the BetLink and BidPaw integrations.",
         lifespan=lifespan,
+        docs_url=None,  # our own pages below, with local assets
+        redoc_url=None,
     )
     app.state.settings = settings
     app.state.sealer = Sealer(settings.encryption_keys)
     app.state.user_id_cipher = UserIdCipher(settings.user_id_keys)
     errors.install_error_handlers(app)
     install_openapi(app)
+    if settings.docs_enabled:
+        install_docs_pages(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
     for router in (betlink.router, bidpaw.router, players.router, ops.router):
         app.include_router(router)

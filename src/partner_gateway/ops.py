@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
+from pydantic import BaseModel, ConfigDict, Field
 
 from partner_gateway import store
 from partner_gateway.db import DatabaseDep
@@ -16,14 +17,31 @@ from partner_gateway.schema import head_revision
 router = APIRouter(tags=["operations"])
 
 
-@router.get("/healthz")
+class Health(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
+
+    status: str = Field(title="Status", examples=["ok"])
+
+
+class Readiness(BaseModel):
+    model_config = ConfigDict(
+        json_schema_extra={"examples": [{"status": "ready", "schemaRevision": "0004_player_block_events"}]}
+    )
+
+    status: str = Field(title="Status", examples=["ready"])
+    schemaRevision: str = Field(
+        title="Schema revision", description="The Alembic revision the database is at."
+    )
+
+
+@router.get("/healthz", response_model=Health)
 @router.head("/healthz", include_in_schema=False)
 async def healthz() -> dict[str, str]:
     """200 while the process runs."""
     return {"status": "ok"}
 
 
-@router.get("/readyz", responses=problem_responses(503))
+@router.get("/readyz", responses={200: {"model": Readiness}, **problem_responses(503)})
 @router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
     """200 only when the database answers and its schema is at the newest migration."""

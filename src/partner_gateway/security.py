@@ -108,7 +108,7 @@ async def gateway_caller(
     scheme, _, presented = (authorization or "").partition(" ")
     label = match_key(presented.strip(), settings.gateway_api_keys) if scheme.lower() == "bearer" else None
     if label is None:
-        raise Unauthorized("missing or invalid gateway API key")
+        raise Unauthorized("missing or invalid gateway API key: send Authorization: Bearer <key>")
     return Caller(label)
 
 

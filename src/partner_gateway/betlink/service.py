@@ -127,15 +127,27 @@ def _check_session(
     session: store.LockedSession | None, *, request: AuthenticateRequest, cipher: UserIdCipher, now: datetime
 ) -> store.LockedSession:
     if session is None:
-        raise BetLinkError("INVALID_SESSION", "no session has this launch token")
+        raise BetLinkError("INVALID_SESSION", "unknown launch token")
     real_user_id = cipher.decrypt(request.user_id)
     if real_user_id is None or not hmac.compare_digest(real_user_id.encode(), session.user_id.encode()):
         raise BetLinkError("INVALID_USER", "userId does not match the session's player")
     if session.blocked:
         raise BetLinkError("USER_BLOCKED", "the player is blocked")
-    if session.revoked_at is not None or session.exchanged or session.launch_expires_at <= now:
-        raise BetLinkError("INVALID_SESSION", "the launch token has expired or was already used")
+    if (spent := _spent(session, now=now)) is not None:
+        raise BetLinkError("INVALID_SESSION", spent)
     return session
+
+
+def _spent(session: store.LockedSession, *, now: datetime) -> str | None:
+    """Why a launch token can no longer be exchanged, in BetLink's errorMessage (the code stays
+    INVALID_SESSION): the most telling case first."""
+    if session.revoked_at is not None:
+        return "the launch token was revoked"
+    if session.exchanged:
+        return "the launch token was already exchanged for a session token"
+    if session.launch_expires_at <= now:
+        return "the launch token has expired"
+    return None
 
 
 async def _exchange(

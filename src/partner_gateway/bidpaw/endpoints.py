@@ -22,9 +22,17 @@ router = APIRouter(prefix="/bidpaw", tags=["bidpaw"], dependencies=[SingleGatewa
 class OpenSessionResponse(BaseModel):
     """BidPaw's lobby link for this player; its query carries BidPaw's session token."""
 
-    model_config = ConfigDict(populate_by_name=True, frozen=True)
+    model_config = ConfigDict(
+        populate_by_name=True,
+        frozen=True,
+        json_schema_extra={
+            "examples": [{"iframeURL": "https://bidpaw.example/auctions?token=...&casinoId=casino-1"}]
+        },
+    )
 
-    iframe_url: str = Field(alias="iframeURL", examples=["https://bidpaw.example/auctions?token=..."])
+    iframe_url: str = Field(
+        alias="iframeURL", title="iframe URL", examples=["https://bidpaw.example/auctions?token=..."]
+    )
 
 
 Nick = Annotated[
