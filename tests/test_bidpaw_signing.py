@@ -1,11 +1,10 @@
 """BidPaw's `sign`: byte-compatible with BidPaw's JavaScript sample (JSON.stringify + crypto-js).
 
-The vectors in tests/data were produced by BidPaw's sample itself. To add a case, append it to
-bidpaw_vectors_input.json and regenerate (Node 18+):
-
-    mkdir -p /tmp/signer && cp ../shared/tools/bidpaw-sign.js ../shared/tools/package.json /tmp/signer/
-    (cd /tmp/signer && npm install)
-    node /tmp/signer/bidpaw-sign.js < tests/data/bidpaw_vectors_input.json > tests/data/bidpaw_vectors.json
+The vectors in tests/data were produced by BidPaw's sample itself: for each case of
+bidpaw_vectors_input.json, `CryptoJS.HmacSHA256(JSON.stringify(params), secret)` in Node with
+crypto-js from npm, written with the message and the hex `sign` to bidpaw_vectors.json. To add a
+case, append it to the input file and run that sample over it again (the sample is BidPaw's, not
+part of this repository).
 
 The input file keeps the parameters in sending order; the tool's output lists them in JavaScript's
 property order (array-index keys first), so the tests sign the input's order and compare with the

@@ -1,7 +1,7 @@
 """Profiling the service under the pair load: py-spy, else pyinstrument, else cProfile.
 
 py-spy samples the running process from outside (no code change, native speed); install it
-with `uv tool install py-spy` or `pipx install py-spy` (not into .venv: `dev.py` syncs the
+with `.tools/bin/uv tool install py-spy` or `uv tool install py-spy` (not into .venv: `dev.py` syncs the
 environment exactly from uv.lock and would remove it). pyinstrument is used when importable
 (`uv run --with pyinstrument python bench/run.py --profile`). cProfile, from the standard library,
 is the fallback: it slows the service down several times and attributes time per function only.
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from importlib.util import find_spec
 from pathlib import Path
 
-INSTALL_HINT = "for py-spy: `uv tool install py-spy` (or `pipx install py-spy`)"
+INSTALL_HINT = "for py-spy: `.tools/bin/uv tool install py-spy` (or `uv tool install py-spy`)"
 
 
 def py_spy_path() -> str | None:
