@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -138,3 +139,28 @@ class TestPurgeEvery:
         assert all(str(f["error"]).startswith("database at 127.0.0.1:") for f in failures)
         assert PASSWORD not in json.dumps(failures) + rest
         assert '"purge.stopped"' in rest
+
+
+class TestPortInUse:
+    def test_is_one_line_with_a_port_hint_before_anything_else(self, tmp_path: Path) -> None:
+        port = free_port()
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+            result = _run(
+                "serve",
+                "--local",
+                "--port",
+                str(port),
+                env=_env(DATA_DIR=str(tmp_path / "data")),
+                cwd=tmp_path,
+            )
+        assert result.returncode == 1
+        assert result.stdout == ""  # no key banner, no local-mode warning
+        assert result.stderr.splitlines() == [
+            f"partner-gateway: cannot serve: 127.0.0.1:{port} is already in use (another serve?); "
+            "choose another port with --port"
+        ]
+        assert not (tmp_path / "data" / "pgdata").exists()  # local mode started nothing
+        readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+        assert result.stderr.strip().replace(f":{port} ", ":8000 ") in readme  # the README shows it

@@ -109,6 +109,18 @@ class TestApiReference:
         assert named >= VARIABLES
 
 
+class TestStartUpLines:
+    def test_readme_shows_local_modes_warning_and_banner_as_the_cli_prints_them(self) -> None:
+        cli = (ROOT / "src" / "partner_gateway" / "cli.py").read_text()
+        readme = (ROOT / "README.md").read_text()
+        for text in (
+            "local mode is on: an embedded PostgreSQL for development only",
+            "generated keys (kept in ",
+        ):
+            assert text in cli
+            assert text in readme
+
+
 class TestBench:
     def test_durations_agree_between_the_readmes(self) -> None:
         def durations(path: Path) -> dict[str, str]:

@@ -7,9 +7,11 @@ for with `--local`; without it and without DATABASE_URL, every command refuses t
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import shutil
 import signal
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -34,6 +36,31 @@ def _exit_on_sigterm(signum: int, frame: FrameType | None) -> None:
 
 class DatabaseFailure(Exception):
     """The database could not be used; the message is the one line to print."""
+
+
+class PortInUse(Exception):
+    """Another process listens on the address `serve` was given; the message is the one line."""
+
+
+def require_free_port(host: str, port: int) -> None:
+    """Fail in one line, with a `--port` hint, before local mode starts or prints anything.
+
+    Only "in use" is reported here; any other bind problem (a host name that does not resolve,
+    a privileged port) is left for uvicorn to report as it does.
+    """
+    try:
+        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0]
+    except OSError:
+        return
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise PortInUse(
+                    f"{host}:{port} is already in use (another serve?); choose another port with --port"
+                ) from None
 
 
 @contextmanager
@@ -114,6 +141,7 @@ def serve(
 
     from partner_gateway.app import create_app
 
+    require_free_port(host, port)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     options = uvicorn_options(settings)
     with database(settings, local=local) as bound:
@@ -305,3 +333,5 @@ def main(argv: list[str] | None = None) -> None:
         raise _fail("configuration error", str(exc)) from None
     except DatabaseFailure as exc:
         raise _fail("cannot use the database", str(exc)) from None
+    except PortInUse as exc:
+        raise _fail("cannot serve", str(exc)) from None

@@ -104,6 +104,7 @@ _PROBLEM_DETAILS = {
     400: "missing X-User-Id header",
     401: "missing or invalid gateway API key: send Authorization: Bearer <key>",
     403: "the player is blocked",
+    404: "no such resource",
     413: "the request body is larger than 65536 bytes",
     500: "unexpected error",
     502: "BidPaw answered 500",
