@@ -1,9 +1,8 @@
-"""Alembic environment: async engine, URL from the config, DATABASE_URL or the embedded server."""
+"""Alembic environment: async engine, the URL from the config or DATABASE_URL (never guessed)."""
 
 from __future__ import annotations
 
 import asyncio
-from contextlib import ExitStack
 from logging.config import fileConfig
 
 from alembic import context
@@ -13,7 +12,6 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from partner_gateway import models  # noqa: F401  (registers the tables)
 from partner_gateway.config import Settings
 from partner_gateway.db import Base
-from partner_gateway.embedded import embedded_postgres
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):
@@ -38,11 +36,11 @@ async def _run(url: str) -> None:
 
 
 def main() -> None:
-    with ExitStack() as stack:
-        url = config.get_main_option("sqlalchemy.url") or Settings().database_url
-        if not url:
-            url = stack.enter_context(embedded_postgres(Settings().data_dir))
-        asyncio.run(_run(url))
+    url = config.get_main_option("sqlalchemy.url") or Settings().database_url
+    if not url:
+        # Never a database of its own: local mode's is migrated by `partner-gateway serve --local`.
+        raise SystemExit("alembic: DATABASE_URL is required")
+    asyncio.run(_run(url))
 
 
 if context.is_offline_mode():

@@ -56,6 +56,15 @@ def _sync() -> None:
     subprocess.run(command, check=True, cwd=ROOT, env=env)
 
 
+def _database_configured() -> bool:
+    """DATABASE_URL in the environment or in the .env file that partner-gateway will read."""
+    if "DATABASE_URL" in os.environ:
+        return True
+    dotenv = Path.cwd() / ".env"
+    lines = dotenv.read_text().splitlines() if dotenv.is_file() else []
+    return any(line.strip().removeprefix("export ").startswith("DATABASE_URL=") for line in lines)
+
+
 def _run(*command: str) -> int:
     return subprocess.run(command, cwd=ROOT).returncode
 
@@ -87,7 +96,7 @@ def main(argv: list[str]) -> int:
         return max(_run(*check) for check in checks)
     if command == "bench":
         _exec(str(bin_dir / "python"), str(ROOT / "bench" / "run.py"), *rest)
-    if command in LOCAL_COMMANDS and "--local" not in rest and "DATABASE_URL" not in os.environ:
+    if command in LOCAL_COMMANDS and "--local" not in rest and not _database_configured():
         rest = ["--local", *rest]  # the development machine: an embedded PostgreSQL, asked for
     _exec(str(bin_dir / "partner-gateway"), command, *rest)
     return 0

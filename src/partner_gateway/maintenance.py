@@ -34,27 +34,41 @@ def session_cutoff(settings: Settings, *, now: datetime) -> datetime:
 
 
 async def purge_expired(
-    engine: AsyncEngine, *, settings: Settings, now: datetime, batch: int = 1000
+    engine: AsyncEngine,
+    *,
+    settings: Settings,
+    now: datetime,
+    batch: int = 1000,
+    stop: asyncio.Event | None = None,
 ) -> Purged:
-    """Delete in batches of `batch` rows, each in its own transaction, until nothing is left."""
+    """Delete in batches of `batch` rows, each in its own transaction, until nothing is left
+    or `stop` is set (checked between batches, so a SIGTERM never waits for a whole backlog)."""
     cutoff = session_cutoff(settings, now=now)
-    keys = await _drain(engine, lambda conn: store.purge_keys(conn, now=now, batch=batch), batch=batch)
+    stop = stop or asyncio.Event()
+    keys = await _drain(
+        engine, lambda conn: store.purge_keys(conn, now=now, batch=batch), batch=batch, stop=stop
+    )
     sessions = await _drain(
-        engine, lambda conn: store.purge_sessions(conn, before=cutoff, batch=batch), batch=batch
+        engine, lambda conn: store.purge_sessions(conn, before=cutoff, batch=batch), batch=batch, stop=stop
     )
     return Purged(keys=keys, sessions=sessions)
 
 
 async def _drain(
-    engine: AsyncEngine, delete: Callable[[AsyncConnection], Awaitable[int]], *, batch: int
+    engine: AsyncEngine,
+    delete: Callable[[AsyncConnection], Awaitable[int]],
+    *,
+    batch: int,
+    stop: asyncio.Event,
 ) -> int:
     total = 0
-    while True:
+    while not stop.is_set():
         async with engine.begin() as conn:
             deleted = await delete(conn)
         total += deleted
         if deleted < batch:
-            return total
+            break
+    return total
 
 
 # After a failed run the loop retries sooner than `every`, doubling from this up to `every`
@@ -77,10 +91,10 @@ async def purge_every(
     failures = 0
     while not stop.is_set():
         try:
-            purged = await purge_expired(engine, settings=settings, now=utc_now(), batch=batch)
+            purged = await purge_expired(engine, settings=settings, now=utc_now(), batch=batch, stop=stop)
         except DATABASE_ERRORS as exc:
             failures += 1
-            wait = min(every, MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** (failures - 1))
+            wait = min(every, MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** min(failures - 1, 16))
             logger.warning("purge.failed", error=on_failure(exc), attempt=failures, retry_in_s=wait)
         else:
             failures, wait = 0, every
