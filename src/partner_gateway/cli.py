@@ -22,6 +22,7 @@ from typing import Any
 
 from pydantic import SecretStr
 
+from partner_gateway.certify import command as certify
 from partner_gateway.config import LOCAL_SECRETS_FILE, ConfigError, Settings, load_settings, read_settings
 from partner_gateway.logs import get_logger, setup_logging
 
@@ -302,6 +303,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sandbox_cmd.add_argument("--host", default="127.0.0.1")
     sandbox_cmd.add_argument("--port", type=int, default=8100)
+    certify.add_arguments(
+        commands.add_parser("certify", help="pre-certify a deployment as BetLink and BidPaw will")
+    )
     return parser
 
 
@@ -312,6 +316,8 @@ def _fail(kind: str, message: str) -> SystemExit:
 
 def main(argv: list[str] | None = None) -> None:
     args = _parser().parse_args(argv)
+    if args.command == "certify":  # over HTTP only: needs no service setting
+        raise SystemExit(certify.main(args))
     local = getattr(args, "local", False)
     generated: dict[str, str] = {}
     try:

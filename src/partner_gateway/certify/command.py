@@ -1,0 +1,103 @@
+"""`partner-gateway certify`: flags, keys from the environment, output and exit code.
+
+It needs no service setting (no DATABASE_URL): only the URL of the deployment and two keys.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import secrets
+import sys
+from pathlib import Path
+
+from partner_gateway.certify import report
+from partner_gateway.certify.client import Options
+from partner_gateway.certify.runner import certify
+
+KEY_SOURCES = {
+    "gateway_key": ("--gateway-key", "CERTIFY_GATEWAY_KEY", "GATEWAY_API_KEYS"),
+    "betlink_key": ("--betlink-key", "CERTIFY_BETLINK_KEY", "BETLINK_API_KEYS"),
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--url", required=True, help="the deployment, e.g. https://gw.staging.example")
+    parser.add_argument(
+        "--gateway-key",
+        help="the casino gateway's key (default: $CERTIFY_GATEWAY_KEY, else the first of $GATEWAY_API_KEYS); "
+        "prefer the environment: a flag shows in the process list",
+    )
+    parser.add_argument(
+        "--betlink-key",
+        help="BetLink's X-API-Key (default: $CERTIFY_BETLINK_KEY, else the first of $BETLINK_API_KEYS)",
+    )
+    parser.add_argument("--player", help="the dedicated test player (default: certify-<random>)")
+    parser.add_argument(
+        "--launch-token-ttl",
+        type=float,
+        default=10.0,
+        help="the deployment's BETLINK_LAUNCH_TOKEN_TTL_SECONDS: when to try an expired token (default 10)",
+    )
+    parser.add_argument(
+        "--parallel-same-key",
+        type=int,
+        default=5,
+        metavar="N",
+        help="parallel requests with one key (default 5)",
+    )
+    parser.add_argument(
+        "--parallel-keys",
+        type=int,
+        default=5,
+        metavar="M",
+        help="parallel keys on one launch token (default 5)",
+    )
+    parser.add_argument("--bidpaw", action="store_true", help="also check /bidpaw/open-session")
+    parser.add_argument("--bidpaw-iframe-prefix", help="with --bidpaw: the iframeURL must start with this")
+    parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
+    parser.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
+    parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+
+def _key(args: argparse.Namespace, name: str) -> str | None:
+    _, own, shared = KEY_SOURCES[name]
+    value: str | None = getattr(args, name) or os.environ.get(own)
+    if not value and os.environ.get(shared):
+        value = os.environ[shared].split(",")[0].strip()
+    return value or None
+
+
+def main(args: argparse.Namespace) -> int:
+    keys = {name: _key(args, name) for name in KEY_SOURCES}
+    missing = [" or ".join(KEY_SOURCES[name]) for name, value in keys.items() if value is None]
+    if missing or min(args.parallel_same_key, args.parallel_keys) < 2:
+        reason = (
+            f"missing {'; '.join(missing)}"
+            if missing
+            else "--parallel-same-key and --parallel-keys need 2 or more"
+        )
+        print(f"partner-gateway certify: {reason}", file=sys.stderr)  # noqa: T201
+        return 2
+    options = Options(
+        player=args.player or f"certify-{secrets.token_hex(4)}",
+        launch_token_ttl=args.launch_token_ttl,
+        parallel_same_key=args.parallel_same_key,
+        parallel_keys=args.parallel_keys,
+        bidpaw=args.bidpaw,
+        bidpaw_iframe_prefix=args.bidpaw_iframe_prefix,
+    )
+    run = asyncio.run(
+        certify(
+            args.url.rstrip("/"),
+            gateway_key=str(keys["gateway_key"]),
+            betlink_key=str(keys["betlink_key"]),
+            options=options,
+            timeout=args.timeout,
+        )
+    )
+    if args.junit:
+        args.junit.write_text(report.junit(run), encoding="utf-8")
+    print(report.as_json(run) if args.json else report.table(run))  # noqa: T201
+    return 0 if run.passed else 1
