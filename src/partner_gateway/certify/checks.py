@@ -167,6 +167,7 @@ async def api_key(d: Deployment) -> None:
         expect_betlink_error(
             await d.authenticate(auth_body(launch), api_key=value), 403, "AUTHENTICATION_FAILED", probe=probe
         )
+    await d.exchange(launch)  # and with the right key, the same request is accepted
 
 
 async def idempotency_key(d: Deployment) -> None:
@@ -199,6 +200,7 @@ async def operator_id(d: Deployment) -> None:
     launch = await d.launch_token()
     body = auth_body(launch, operatorId=launch.operator_id + "-not-ours")
     expect_betlink_error(await d.authenticate(body), 403, "AUTHENTICATION_FAILED")
+    await d.exchange(launch)  # and with /betlink/session's operatorId, it is accepted
 
 
 async def key_reuse(d: Deployment) -> None:
