@@ -37,11 +37,22 @@ class Exchange:
 
     method: str
     path: str
-    headers: dict[str, str]
+    raw_headers: list[tuple[bytes, bytes]]
     body: bytes
     status: int = 0
     response_headers: list[tuple[bytes, bytes]] = field(default_factory=list)
     response: bytes = b""
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {name.decode(): value.decode("latin-1") for name, value in self.raw_headers}
+
+    def set_header(self, name: str, value: str) -> None:
+        """Every copy of the header gets `value` (a request may carry one twice)."""
+        key, new = name.encode(), value.encode("latin-1")
+        if key not in dict(self.raw_headers):
+            self.raw_headers.append((key, new))
+        self.raw_headers = [(k, new if k == key else v) for k, v in self.raw_headers]
 
     @property
     def json(self) -> Any:
@@ -128,6 +139,7 @@ class FaultInjector:
         self.before: dict[str, Callable[[Exchange], None]] = {
             "auth.api_key": self._accept_any_api_key,
             "auth.operator_id": self._ignore_operator_id,
+            "auth.repeated_headers": take_first_copy,
         }
         self.after: dict[str, Fault] = {**AFTER_FAULTS, "auth.expired_token": self._accept_expired}
 
@@ -140,12 +152,12 @@ class FaultInjector:
         exchange = Exchange(
             scope["method"],
             scope["path"],
-            {k.decode(): v.decode("latin-1") for k, v in scope["headers"]},
+            list(scope["headers"]),
             await _read_body(receive),
         )
         if fault in self.before:
             self.before[fault](exchange)
-            scope["headers"] = [(k.encode(), v.encode("latin-1")) for k, v in exchange.headers.items()]
+            scope["headers"] = exchange.raw_headers
         arrival = self._arrive(exchange)
         try:
             await self.app(scope, _replay(exchange.body), _capture(exchange))
@@ -194,20 +206,31 @@ class FaultInjector:
 
     def _accept_any_api_key(self, ex: Exchange) -> None:
         if ex.is_auth() and "x-api-key" in ex.headers:
-            ex.headers["x-api-key"] = self.betlink_key
+            ex.set_header("x-api-key", self.betlink_key)
 
     def _ignore_operator_id(self, ex: Exchange) -> None:
         body = ex.json
         operator = body.get("operatorId") if isinstance(body, dict) else None
         if ex.is_auth() and isinstance(operator, str) and operator != self.operator_id:
             ex.body = json.dumps({**body, "operatorId": self.operator_id}).encode()
-            ex.headers["content-length"] = str(len(ex.body))
+            ex.set_header("content-length", str(len(ex.body)))
 
     def _accept_expired(self, seen: Seen, arrival: Arrival, ex: Exchange) -> None:
         issued = seen.issued.get(ex.sent("launchToken"))
         if ex.is_auth() and ex.status == 401 and issued and time.monotonic() - issued[1] > self.ttl:
             if not arrival.exchanged_before:
                 ex.betlink_error(400, "INVALID_USER")
+
+
+def take_first_copy(ex: Exchange) -> None:
+    """A proxy or framework that keeps one copy of a repeated header, so the service never sees two."""
+    names: set[bytes] = set()
+    kept = []
+    for name, value in ex.raw_headers:
+        if name not in names:
+            names.add(name)
+            kept.append((name, value))
+    ex.raw_headers = kept
 
 
 # --- faults on the answer, one per check ---------------------------------------------------------
@@ -349,6 +372,11 @@ def garbled_metrics(seen: Seen, arrival: Arrival, ex: Exchange) -> None:
         ex.response = b'partner_gateway_http_requests_total{route="/x" 1\n'
 
 
+def cacheable_introspection(seen: Seen, arrival: Arrival, ex: Exchange) -> None:
+    if ex.path == INTROSPECT:
+        ex.response_headers = [(k, v) for k, v in ex.response_headers if k != b"cache-control"]
+
+
 def drop_request_id(seen: Seen, arrival: Arrival, ex: Exchange) -> None:
     ex.response_headers = [(k, v) for k, v in ex.response_headers if k != b"x-request-id"]
 
@@ -362,6 +390,7 @@ AFTER_FAULTS: dict[str, Fault] = {
     "auth.wrong_user": wrong_code_for_wrong_user,
     "auth.blocked_player": wrong_code_for_blocked_player,
     "auth.success": drop_redirect_url,
+    "auth.no_store": cacheable_introspection,
     "idempotency.replay": echo_new_request_id_on_replay,
     "idempotency.other_body": replay_key_for_another_user,
     "idempotency.failed_key_fresh": store_failures,

@@ -210,7 +210,7 @@ class TestWithoutKeys:
 
 
 def _faults() -> list[str]:
-    return [*AFTER_FAULTS, "auth.api_key", "auth.operator_id", "auth.expired_token"]
+    return [*AFTER_FAULTS, "auth.api_key", "auth.operator_id", "auth.repeated_headers", "auth.expired_token"]
 
 
 class TestEachFaultFailsExactlyItsCheck:

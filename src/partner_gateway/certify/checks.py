@@ -25,6 +25,7 @@ from partner_gateway.certify.client import (
     auth_body,
     describe,
     json_or_none,
+    launch_token_of,
     new_key,
     random_token,
 )
@@ -178,6 +179,20 @@ async def idempotency_key(d: Deployment) -> None:
         )
 
 
+async def repeated_headers(d: Deployment) -> None:
+    """A second copy of an identity header is refused before anything else is looked at."""
+    launch = await d.launch_token()
+    for name, code in (("X-API-Key", "AUTHENTICATION_FAILED"), ("X-Idempotency-Key", "MISSING_PARAMETER")):
+        answer = await d.authenticate(auth_body(launch), twice=name)
+        expect_betlink_error(answer, 403 if name == "X-API-Key" else 400, code, probe=f"{name} twice: ")
+    for name, status in (("Authorization", 401), ("X-User-Id", 400)):
+        headers = list(d.gateway(user=d.player).items())
+        headers += [(header, value) for header, value in headers if header == name]
+        refused = await d.request("POST", "/betlink/session", headers=headers)
+        expect_problem(refused, status, probe=f"POST /betlink/session with {name} twice: ")
+    await d.exchange(launch)  # and with one copy of each, the same request is accepted
+
+
 def _malformed_bodies(good: dict[str, Any]) -> list[tuple[str, bytes | dict[str, Any]]]:
     bodies: list[tuple[str, bytes | dict[str, Any]]] = [("not JSON", b"{not json"), ("not an object", b"[]")]
     bodies += [(f"{name} missing", {k: v for k, v in good.items() if k != name}) for name in good]
@@ -255,6 +270,19 @@ async def success(d: Deployment) -> None:
     wrong = success_fields(sent, response)
     if wrong or not response.headers.get("content-type", "").startswith("application/json"):
         raise Failed("200 application/json, " + "; ".join(wrong or ["content type"]), describe(response))
+
+
+async def no_store(d: Deployment) -> None:
+    """Answers that carry a token must not be kept by a cache or proxy on the way."""
+    issued = await d.issue()
+    answered = await d.authenticate(auth_body(launch_token_of(issued)))
+    expect_status(answered, 200, "POST /betlink/authenticate")
+    introspected = await d.introspect(answered.json()["operatorSessionToken"])
+    for what, answer in (("session", issued), ("authenticate", answered), ("introspect", introspected)):
+        if answer.headers.get("cache-control") != "no-store":
+            raise Failed(
+                f"{what}: Cache-Control: no-store", f"Cache-Control: {answer.headers.get('cache-control')}"
+            )
 
 
 # --- 2. idempotency --------------------------------------------------------------------------
@@ -345,7 +373,7 @@ async def introspect_blocked(d: Deployment) -> None:
 async def block(d: Deployment) -> None:
     async with blocked(d):
         expect_status(await d.block(), 204, f"PUT {d.block_path()} again (idempotent)")
-        refused = await d.request("POST", "/betlink/session", headers=d.gateway(user=d.player))
+        refused = await d.issue()
         expect_problem(refused, 403, probe="POST /betlink/session for a blocked player: ")
 
 
@@ -438,6 +466,11 @@ CHECKS: tuple[Check, ...] = (
         "Auth #2: X-Idempotency-Key missing or not a UUID is 400 MISSING_PARAMETER",
         idempotency_key,
     ),
+    Check(
+        "auth.repeated_headers",
+        "Auth #1, #2: X-API-Key or X-Idempotency-Key twice is refused; so is a repeated gateway header",
+        repeated_headers,
+    ),
     Check("auth.body_shape", "Auth #2: a malformed body is 400 MISSING_PARAMETER", body_shape),
     Check("auth.operator_id", "Auth #3: another operatorId is 403 AUTHENTICATION_FAILED", operator_id),
     Check(
@@ -455,6 +488,11 @@ CHECKS: tuple[Check, ...] = (
         blocked_player,
     ),
     Check("auth.success", "Auth: 200 carries the eight fields and a 30-minute sessionExpiry", success),
+    Check(
+        "auth.no_store",
+        "session, authenticate and introspect answers carry Cache-Control: no-store",
+        no_store,
+    ),
     Check("idempotency.replay", "a replay is byte-identical, even with a new requestId", replay),
     Check("idempotency.other_body", "the same key with another body is 403", other_body),
     Check("idempotency.failed_key_fresh", "a failed attempt's key is evaluated afresh", failed_key_fresh),

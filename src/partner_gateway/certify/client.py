@@ -7,7 +7,7 @@ import json
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Iterable
+from collections.abc import Awaitable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -17,6 +17,8 @@ import httpx
 MASK = "***"
 TOKEN_FIELDS = frozenset({"launchToken", "operatorSessionToken", "iframeURL"})
 SHOWN_BODY_CHARS = 300
+
+Headers = Mapping[str, str] | list[tuple[str, str]]
 
 
 class Failed(Exception):
@@ -96,10 +98,15 @@ class Deployment:
         self._sent += 1
         return f"certify-{self.check}-{self._sent}"
 
-    async def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
-        headers = {"X-Request-ID": self.request_id(), **kwargs.pop("headers", {})}
+    async def request(
+        self, method: str, path: str, *, headers: Headers | None = None, **kwargs: Any
+    ) -> httpx.Response:
+        """One request with this check's X-Request-ID (unless given); a list may repeat a header."""
+        items = list(headers.items()) if isinstance(headers, Mapping) else list(headers or [])
+        if not any(name.lower() == "x-request-id" for name, _ in items):
+            items.insert(0, ("X-Request-ID", self.request_id()))
         started = time.perf_counter()
-        response = await self.http.request(method, path, headers=headers, **kwargs)
+        response = await self.http.request(method, path, headers=items, **kwargs)
         self.latencies.append(time.perf_counter() - started)
         self._remember_tokens(response)
         return response
@@ -116,29 +123,28 @@ class Deployment:
             headers["X-User-Id"] = user
         return headers
 
+    async def issue(self, user: str | None = None) -> httpx.Response:
+        return await self.request("POST", "/betlink/session", headers=self.gateway(user=user or self.player))
+
     async def launch_token(self, user: str | None = None) -> LaunchToken:
-        response = await self.request(
-            "POST", "/betlink/session", headers=self.gateway(user=user or self.player)
-        )
-        body = json_or_none(response)
-        if response.status_code != 201 or not isinstance(body, dict):
-            raise Failed("POST /betlink/session: 201 with a launch token", describe(response))
-        try:
-            return LaunchToken(
-                str(body["launchToken"]), str(body["userId"]), str(body["operatorId"]), time.monotonic()
-            )
-        except KeyError:
-            raise Failed("launchToken, userId and operatorId", describe(response)) from None
+        return launch_token_of(await self.issue(user))
 
     async def authenticate(
-        self, body: dict[str, Any] | bytes, *, key: str | None = None, api_key: str | None = None
+        self,
+        body: dict[str, Any] | bytes,
+        *,
+        key: str | None = None,
+        api_key: str | None = None,
+        twice: str | None = None,
     ) -> httpx.Response:
-        """BetLink's call: the BetLink key and a fresh idempotency key unless told otherwise."""
-        headers = {"Content-Type": "application/json"}
+        """BetLink's call: the BetLink key and a fresh idempotency key unless told otherwise
+        ("" leaves a header out; `twice` names a header to send two copies of)."""
+        headers = [("Content-Type", "application/json")]
         if api_key != "":
-            headers["X-API-Key"] = self.betlink_key if api_key is None else api_key
+            headers.append(("X-API-Key", self.betlink_key if api_key is None else api_key))
         if key != "":
-            headers["X-Idempotency-Key"] = key or new_key()
+            headers.append(("X-Idempotency-Key", key or new_key()))
+        headers += [(name, value) for name, value in headers if name == twice]
         content = body if isinstance(body, bytes) else json.dumps(body).encode()
         return await self.request("POST", "/betlink/authenticate", headers=headers, content=content)
 
@@ -168,6 +174,19 @@ class Deployment:
         """Requests sent at once on separate connections; their latencies are kept for p50/p99."""
         self.latencies.clear()
         return list(await asyncio.gather(*calls))
+
+
+def launch_token_of(response: httpx.Response) -> LaunchToken:
+    """`/betlink/session`'s 201, or Failed."""
+    body = json_or_none(response)
+    if response.status_code != 201 or not isinstance(body, dict):
+        raise Failed("POST /betlink/session: 201 with a launch token", describe(response))
+    try:
+        return LaunchToken(
+            str(body["launchToken"]), str(body["userId"]), str(body["operatorId"]), time.monotonic()
+        )
+    except KeyError:
+        raise Failed("launchToken, userId and operatorId", describe(response)) from None
 
 
 def new_key() -> str:
