@@ -246,7 +246,10 @@ async def expired_token(d: Deployment) -> None:
     await asyncio.sleep(max(0.0, wait))
     late = await d.authenticate(auth_body(launch))
     expect_betlink_error(
-        late, 401, "INVALID_SESSION", probe=f"after --launch-token-ttl {d.options.launch_token_ttl:g} s: "
+        late,
+        401,
+        "INVALID_SESSION",
+        probe=f"{d.options.launch_token_ttl:g} s later (--launch-token-ttl: the deployment's TTL?): ",
     )
 
 
