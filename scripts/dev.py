@@ -5,7 +5,7 @@
     python3 scripts/dev.py test [pytest args]            run the whole test suite
     python3 scripts/dev.py lint                          ruff + mypy --strict
     python3 scripts/dev.py bench [args]                  the benchmark (see bench/README section)
-    python3 scripts/dev.py <any partner-gateway command> e.g. migrate, purge, bidpaw-sandbox
+    python3 scripts/dev.py <any partner-gateway command> e.g. migrate, purge, bidpaw-sandbox, certify
 
 The first run installs uv into .tools/ (from PyPI) unless uv is already on PATH, then creates
 .venv/ from the committed uv.lock; later runs only check that .venv/ matches the lock.

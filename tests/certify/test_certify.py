@@ -26,6 +26,7 @@ from partner_gateway.certify import report
 from partner_gateway.certify.checks import CHECKS
 from partner_gateway.certify.client import Options
 from partner_gateway.certify.runner import Run, certify
+from tests.certify.conftest import record_timing
 from tests.certify.faults import AFTER_FAULTS
 from tests.conftest import BETLINK_KEY, ENCRYPTION_KEY, GATEWAY_KEY, OPERATOR_ID, REDIRECT_URL
 from tests.processes import free_port, serve, wait_ready
@@ -39,10 +40,6 @@ ALL_IDS = [check.id for check in CHECKS]
 LONG_TOKEN = re.compile(r"[A-Za-z0-9_-]{40,}")  # an operatorSessionToken is 43 such characters
 PARALLEL_RUNS = 6
 PROCESS_TIMEOUT = 120
-
-
-def _elapsed(what: str, started: float) -> None:
-    print(f"certify tests: {what} in {time.perf_counter() - started:.1f} s", file=sys.stderr)  # noqa: T201
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -113,7 +110,7 @@ def deployments(database_url: str) -> Iterator[tuple[str, str]]:
         real, broken = f"http://127.0.0.1:{real_port}", f"http://127.0.0.1:{broken_port}"
         wait_ready(real, procs[1])
         wait_ready(broken, procs[2])
-        _elapsed("three processes ready", started)
+        record_timing("three processes ready", started)
         yield real, broken
     finally:
         for proc in procs:
@@ -155,7 +152,7 @@ def real_runs(deployments: tuple[str, str], tmp_path_factory: pytest.TempPathFac
         stdout, stderr = proc.communicate(timeout=PROCESS_TIMEOUT)
         finished[name] = Finished(proc.returncode, stdout, stderr)
     finished["junit"] = Finished(0, junit.read_text() if junit.exists() else "", "")
-    _elapsed("two certify runs against serve", started)
+    record_timing("two certify runs against serve", started)
     return finished
 
 
@@ -246,7 +243,7 @@ class TestEachFaultFailsExactlyItsCheck:
                 )
 
         runs = dict(zip(_faults(), await asyncio.gather(*(run(fault) for fault in _faults())), strict=True))
-        _elapsed(f"{len(runs)} fault runs, {PARALLEL_RUNS} at a time", started)
+        record_timing(f"{len(runs)} fault runs, {PARALLEL_RUNS} at a time", started)
         failed = {fault: [r.check.id for r in run.results if not r.passed] for fault, run in runs.items()}
         assert failed == {fault: [fault] for fault in runs}, {
             fault: [(r.check.id, r.expected, r.actual) for r in run.results if not r.passed]

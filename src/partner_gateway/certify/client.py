@@ -123,11 +123,12 @@ class Deployment:
             headers["X-User-Id"] = user
         return headers
 
-    async def issue(self, user: str | None = None) -> httpx.Response:
-        return await self.request("POST", "/betlink/session", headers=self.gateway(user=user or self.player))
+    async def issue(self) -> httpx.Response:
+        """The casino gateway asks for a launch token for the test player."""
+        return await self.request("POST", "/betlink/session", headers=self.gateway(user=self.player))
 
-    async def launch_token(self, user: str | None = None) -> LaunchToken:
-        return launch_token_of(await self.issue(user))
+    async def launch_token(self) -> LaunchToken:
+        return launch_token_of(await self.issue())
 
     async def authenticate(
         self,
