@@ -8,6 +8,7 @@ changes the player's state (a block) puts it back before it returns.
 from __future__ import annotations
 
 import asyncio
+import math
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -149,7 +150,7 @@ def percentiles(latencies: list[float]) -> Stats:
     ordered = sorted(latencies)
 
     def rank(p: float) -> float:
-        return ordered[min(len(ordered) - 1, max(0, round(p * len(ordered) + 0.5) - 1))] * 1000
+        return ordered[max(0, math.ceil(p * len(ordered) - 1e-9) - 1)] * 1000  # nearest rank
 
     return {"requests": len(ordered), "p50_ms": round(rank(0.50), 1), "p99_ms": round(rank(0.99), 1)}
 
