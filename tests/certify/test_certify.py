@@ -144,7 +144,9 @@ def real_runs(deployments: tuple[str, str], tmp_path_factory: pytest.TempPathFac
     started = time.perf_counter()
     junit = tmp_path_factory.mktemp("certify") / "certify.xml"
     procs = {
-        "table": _certify(deployments[0], "--junit", str(junit)),
+        "table": _certify(
+            deployments[0], "--junit", str(junit), "--bidpaw-iframe-prefix", "https://sandbox.bidpaw.invalid/"
+        ),
         "json": _certify(deployments[0], "--json", "--player", "certify-json-player"),
     }
     finished = {}
