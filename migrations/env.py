@@ -23,11 +23,31 @@ target_metadata = Base.metadata
 def _migrate(connection: Connection) -> None:
     context.configure(connection=connection, target_metadata=target_metadata, compare_type=True)
     with context.begin_transaction():
+        # The role's defaults may bound statements (DB_POOLER=pgbouncer): not a migration's.
+        connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
+        connection.exec_driver_sql("SET LOCAL lock_timeout = 0")
         context.run_migrations()
+        _set_role_defaults(connection, config.attributes.get("role_defaults", {}))
+
+
+def _set_role_defaults(connection: Connection, defaults: dict[str, str]) -> None:
+    """`ALTER ROLE current_user IN DATABASE current_database() SET name = value` for each."""
+    if not defaults:
+        return
+    database = connection.exec_driver_sql("SELECT current_database()").scalar_one()
+    quote = connection.dialect.identifier_preparer.quote
+    for name, value in defaults.items():
+        literal = "'" + value.replace("'", "''") + "'"
+        connection.exec_driver_sql(
+            f"ALTER ROLE CURRENT_USER IN DATABASE {quote(database)} SET {name} = {literal}"
+        )
+        # They apply to sessions started from now on. PgBouncer keeps this server session for
+        # its next clients, so it gets them too (session-level: they outlive the transaction).
+        connection.exec_driver_sql(f"SELECT set_config('{name}', {literal}, false)")
 
 
 async def _run(url: str) -> None:
-    engine = create_async_engine(url)
+    engine = create_async_engine(url, connect_args=config.attributes.get("connect_args", {}))
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_migrate)

@@ -199,13 +199,19 @@ def _joined(keys: list[SecretStr]) -> str:
 
 
 def migrate(settings: Settings, *, local: bool) -> None:
+    from partner_gateway.db import connection_mode
     from partner_gateway.schema import upgrade
 
+    mode = connection_mode(settings)
     with database(settings, local=local) as bound:  # local mode migrates as it starts
         assert bound.database_url is not None
         with reported_failures(bound.database_url):
-            upgrade(bound.database_url)
-    logger.info("migrations applied")
+            upgrade(
+                bound.database_url,
+                connect_args={"statement_cache_size": mode.statement_cache_size},
+                role_defaults=mode.role_defaults,
+            )
+    logger.info("migrations applied", pooler=settings.db_pooler)
 
 
 def purge(settings: Settings, *, local: bool, batch: int, every: float | None) -> None:

@@ -77,6 +77,7 @@ class Settings(BaseSettings):
     db_pool_size: int = Field(20, ge=1)
     db_max_overflow: int = Field(0, ge=0)
     db_pool_pre_ping: bool = False
+    db_pooler: Literal["none", "pgbouncer"] = "none"
 
     bidpaw_api_url: str | None = None
     bidpaw_client_id: str | None = None

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 import asyncpg
 from fastapi import Depends, Request
@@ -29,6 +30,7 @@ NAMING_CONVENTION = {
 
 # The single waits fire first (clean errors); the deadline catches their sum.
 DEADLINE_GRACE_SECONDS = 1.0
+APPLICATION_NAME = "partner-gateway"
 
 
 class Base(DeclarativeBase):
@@ -39,15 +41,76 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+def session_bounds(settings: Settings) -> dict[str, str]:
+    """What every server session must carry: the waits of DB_TIMEOUT_SECONDS and READ COMMITTED.
+
+    A lock wait (a duplicate request queued behind the first one's row lock) and a statement
+    give up after the timeout; a transaction left idle is ended by the server.
+    """
+    millis = int(settings.db_timeout_seconds * 1000)
+    return {
+        "lock_timeout": str(millis),
+        "statement_timeout": str(millis),
+        "idle_in_transaction_session_timeout": str(millis * 4),
+        "default_transaction_isolation": "read committed",
+    }
+
+
+@dataclass(frozen=True)
+class ConnectionMode:
+    """How this process connects: straight to PostgreSQL, or through PgBouncer (DB_POOLER).
+
+    Chosen once at start-up; everything else is the same in both modes. `role_defaults` are
+    what `migrate` writes as the role's defaults in the database (`ALTER ROLE ... IN DATABASE
+    ... SET`), for the mode where the session bounds cannot travel with the connection.
+    """
+
+    pooler: str
+    server_settings: dict[str, str]
+    statement_cache_size: int
+    role_defaults: dict[str, str]
+
+    def connect_args(self, *, timeout: float) -> dict[str, Any]:
+        return {
+            "timeout": timeout,
+            # Longer than the request deadline (timeout + 1 s), which is then what fires first.
+            "command_timeout": timeout + 2,
+            "server_settings": self.server_settings,
+            "statement_cache_size": self.statement_cache_size,
+        }
+
+
+def connection_mode(settings: Settings) -> ConnectionMode:
+    bounds = session_bounds(settings)
+    if settings.db_pooler == "pgbouncer":
+        # PgBouncer in transaction mode refuses these as start-up parameters (and with
+        # ignore_startup_parameters silently drops them), so they are the role's defaults,
+        # which every server connection it opens starts with. It hands each transaction to
+        # any server connection: a named prepared statement (asyncpg's statement cache) would
+        # meet another client's, and return that one's results. With the cache off asyncpg
+        # re-parses its unnamed statement in the same round trip as each execution.
+        return ConnectionMode(
+            pooler="pgbouncer",
+            server_settings={"application_name": APPLICATION_NAME},
+            statement_cache_size=0,
+            role_defaults=bounds,
+        )
+    return ConnectionMode(
+        pooler="none",
+        server_settings={"application_name": APPLICATION_NAME, **bounds},
+        statement_cache_size=100,  # asyncpg's default
+        role_defaults={},
+    )
+
+
 def create_engine(settings: Settings, url: str) -> AsyncEngine:
     """An engine whose every wait is bounded by DB_TIMEOUT_SECONDS.
 
-    The pool wait, the connect, each statement and each lock wait (a duplicate request queued
-    behind the first one's row lock) give up after the timeout, so an overloaded or absent
-    database becomes a fast, retryable 503 instead of a hung request.
+    The pool wait and the connect give up after the timeout, each statement and lock wait
+    after the server-side bounds of `session_bounds`, so an overloaded or absent database
+    becomes a fast, retryable 503 instead of a hung request.
     """
     timeout = settings.db_timeout_seconds
-    millis = str(int(timeout * 1000))
     return create_async_engine(
         url,
         pool_size=settings.db_pool_size,
@@ -56,17 +119,7 @@ def create_engine(settings: Settings, url: str) -> AsyncEngine:
         pool_pre_ping=settings.db_pool_pre_ping,
         pool_recycle=1800,
         hide_parameters=True,
-        connect_args={
-            "timeout": timeout,
-            # Longer than the request deadline (timeout + 1 s), which is then what fires first.
-            "command_timeout": timeout + 2,
-            "server_settings": {
-                "application_name": "partner-gateway",
-                "lock_timeout": millis,
-                "statement_timeout": millis,
-                "idle_in_transaction_session_timeout": str(int(timeout * 4000)),
-            },
-        },
+        connect_args=connection_mode(settings).connect_args(timeout=timeout),
     )
 
 

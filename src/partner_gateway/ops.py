@@ -16,6 +16,9 @@ from partner_gateway.schema import head_revision
 
 router = APIRouter(tags=["operations"])
 
+TIMEOUTS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout")
+ISOLATION = "default_transaction_isolation"
+
 
 class Health(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"status": "ok"}]})
@@ -44,18 +47,34 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={200: {"model": Readiness}, **problem_responses(503)})
 @router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
-    """200 only when the database answers and its schema is at the newest migration."""
+    """200 only when the database answers, its schema is at the newest migration and its sessions
+    are bounded (timeouts set, READ COMMITTED)."""
     try:
         head = head_revision()
         async with db.statement() as conn:
             revision = await store.schema_revision(conn)
+            in_force = await store.session_settings(conn, [*TIMEOUTS, ISOLATION])
     except Exception as exc:
         if not is_database_unavailable(exc) and not _missing_schema(exc):
             raise
         return problem(503, "the database is not reachable or has no schema")
     if revision != head:
         return problem(503, f"the schema is at {revision}, not at the newest migration {head}")
+    if unbounded := _unbounded(in_force):
+        # Behind PgBouncer the bounds are the role's defaults, which `migrate` writes.
+        detail = (
+            f"database sessions run unbounded ({unbounded}): run `partner-gateway migrate` with DB_POOLER set"
+        )
+        return problem(503, detail)
     return JSONResponse({"status": "ready", "schemaRevision": revision})
+
+
+def _unbounded(in_force: dict[str, str]) -> str:
+    """What would let a request wait without end, or run at another isolation level."""
+    wrong = [f"{name} = {in_force.get(name)}" for name in TIMEOUTS if in_force.get(name) in (None, "0")]
+    if (isolation := in_force.get(ISOLATION)) != "read committed":
+        wrong.append(f"{ISOLATION} = {isolation}")
+    return ", ".join(wrong)
 
 
 def _missing_schema(exc: Exception) -> bool:

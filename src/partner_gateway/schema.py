@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from functools import cache
 from pathlib import Path
+from typing import Any
 
 from alembic import command
 from alembic.config import Config
@@ -22,9 +23,15 @@ def alembic_config(url: str | None = None) -> Config:
     return config
 
 
-def upgrade(url: str) -> None:
-    """Apply every migration. Synchronous: Alembic's async env.py runs its own event loop."""
-    command.upgrade(alembic_config(url), "head")
+def upgrade(
+    url: str, *, connect_args: dict[str, Any] | None = None, role_defaults: dict[str, str] | None = None
+) -> None:
+    """Apply every migration, then write `role_defaults` as the role's settings in the database,
+    in the same transaction. Synchronous: Alembic's async env.py runs its own event loop."""
+    config = alembic_config(url)
+    config.attributes["connect_args"] = connect_args or {}
+    config.attributes["role_defaults"] = role_defaults or {}
+    command.upgrade(config, "head")
 
 
 @cache

@@ -168,6 +168,15 @@ async def schema_revision(conn: AsyncConnection) -> str | None:
     return (await conn.execute(_SCHEMA_REVISION)).scalar()
 
 
+_SESSION_SETTINGS = text("SELECT name, setting FROM pg_settings WHERE name = ANY(:names)")
+
+
+async def session_settings(conn: AsyncConnection, names: list[str]) -> dict[str, str]:
+    """The server session's values of these settings, in their base unit (milliseconds)."""
+    rows = await conn.execute(_SESSION_SETTINGS, {"names": names})
+    return {row.name: row.setting for row in rows}
+
+
 # Purges take rows with SKIP LOCKED, so several replicas running `purge` at once split the
 # work instead of queueing on each other; each batch is its own short transaction.
 _PURGE_KEYS = text("""

@@ -1,0 +1,70 @@
+"""One process of the mix-up check: the service's `Database` runs queries only it would send,
+and counts the answers that are not its own. Prints {"own": n, "foreign": n, "errors": n}.
+
+`python -m tests.deploy.query_worker URL TAG COUNT [--statement-cache N]`; the cache size
+overrides what DB_POOLER=pgbouncer chooses (0), to show what the check sees without it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from collections import Counter
+
+from sqlalchemy import text
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from partner_gateway.db import Database, connection_mode
+from tests.conftest import make_settings
+
+CONCURRENCY = 4
+VARIANTS = 4  # several statements, so that statement names collide across processes
+
+
+async def run(url: str, tag: str, count: int, statement_cache: int | None) -> Counter[str]:
+    settings = make_settings(url, db_pooler="pgbouncer", db_pool_size=CONCURRENCY)
+    connect_args = connection_mode(settings).connect_args(timeout=settings.db_timeout_seconds)
+    if statement_cache is not None:
+        connect_args["statement_cache_size"] = statement_cache
+    engine = create_async_engine(url, pool_size=CONCURRENCY, connect_args=connect_args)
+    database = Database(engine, timeout=settings.db_timeout_seconds)
+    queries = [
+        text(f"SELECT '{tag}' AS tag, {v} AS variant, CAST(:n AS integer) AS n") for v in range(VARIANTS)
+    ]
+    outcomes: Counter[str] = Counter()
+
+    async def one(i: int) -> None:
+        opened = database.statement() if i % 2 else database.transaction()
+        try:
+            async with opened as conn:
+                row = (await conn.execute(queries[i % VARIANTS], {"n": i})).one()
+        except Exception:
+            outcomes["errors"] += 1
+            return
+        outcomes["own" if (row.tag, row.variant, row.n) == (tag, i % VARIANTS, i) else "foreign"] += 1
+
+    async def worker(start: int) -> None:
+        for i in range(start, count, CONCURRENCY):
+            await one(i)
+
+    try:
+        await asyncio.gather(*(worker(w) for w in range(CONCURRENCY)))
+    finally:
+        await engine.dispose()
+    return outcomes
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("url")
+    parser.add_argument("tag")
+    parser.add_argument("count", type=int)
+    parser.add_argument("--statement-cache", type=int)
+    args = parser.parse_args()
+    outcomes = asyncio.run(run(args.url, args.tag, args.count, args.statement_cache))
+    print(json.dumps({name: outcomes[name] for name in ("own", "foreign", "errors")}))  # noqa: T201
+
+
+if __name__ == "__main__":
+    main()
