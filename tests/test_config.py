@@ -61,6 +61,7 @@ class TestExternalDatabase:
             ("DB_TIMEOUT_SECONDS", "soon"),
             ("BIDPAW_API_URL", "ftp://bidpaw"),
             ("LOG_FORMAT", "xml"),
+            ("DB_POOLER", "pgpool"),
         ],
     )
     def test_malformed_values_name_the_variable_without_echoing_it(

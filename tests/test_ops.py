@@ -35,6 +35,19 @@ class TestHealth:
         assert response.status_code == 503
         assert response.headers["content-type"] == "application/problem+json"
 
+    async def test_readyz_is_503_when_sessions_would_run_unbounded(
+        self, make_client: Callable[..., Any]
+    ) -> None:
+        # DB_POOLER=pgbouncer sends no timeouts: they are the role's defaults, which `migrate`
+        # writes. The suite's database has none, so this is the service after a forgotten migrate.
+        client = await make_client(db_pooler="pgbouncer")
+        response = await client.get("/readyz")
+        assert response.status_code == 503
+        assert response.json()["detail"] == (
+            "database sessions run unbounded (lock_timeout = 0, statement_timeout = 0,"
+            " idle_in_transaction_session_timeout = 0): run `partner-gateway migrate` with DB_POOLER set"
+        )
+
     async def test_readyz_is_503_when_the_schema_is_behind(
         self, client: httpx.AsyncClient, engine: AsyncEngine
     ) -> None:

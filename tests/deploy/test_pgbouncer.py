@@ -45,6 +45,7 @@ ROLE, DATABASE = "gateway", "gateway_pgbouncer"
 PASSWORD = "pgbouncer-test-" + uuid.uuid4().hex
 TABLES = ("idempotency_keys", "user_sessions", "player_block_events", "players")
 AUTH = "/betlink/authenticate"
+QUERIES = 300  # per process in the mix-up check
 
 
 @contextmanager
@@ -108,12 +109,13 @@ def setup(database_url: str) -> Iterator[Setup]:
     require_programs({"pgbouncer": "pgbouncer"})
     url = make_url(database_url)
     socket_dir = str(url.query.get("host") or url.host)
-    server = {"host": socket_dir, "port": url.port or 5432, "user": url.username, "password": url.password}
+    port = url.port or 5432
+    server = {"host": socket_dir, "port": port, "user": url.username, "password": url.password}
     with timed("set-up: role, database, PgBouncer, migrate through it"):
         secret = asyncio.run(_create_owner(server))
         bouncer = PgBouncer.configure(
             server_host=socket_dir,
-            server_port=server["port"],
+            server_port=port,
             database=DATABASE,
             userlist=f'"{ROLE}" "{secret}"\n',
             port=free_port(),
@@ -147,9 +149,10 @@ def services(setup: Setup) -> Iterator[list[str]]:
         "DB_POOL_SIZE": str(SERVICE_POOL),
         "DB_TIMEOUT_SECONDS": str(TIMEOUT),
         "BETLINK_LAUNCH_TOKEN_TTL_SECONDS": "120",
+        "LOG_LEVEL": "ERROR",  # the restart test makes a hundred expected warnings
     }
     with timed("two serve processes ready"):
-        procs = [serve(setup.url, port, **settings) for port in ports]
+        procs = [serve(setup.url, port, workers=1, **settings) for port in ports]
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         try:
             for url, proc in zip(urls, procs, strict=True):
@@ -313,7 +316,7 @@ class TestNoMixUp:
     def _run(self, setup: Setup, *extra: str) -> list[dict[str, int]]:
         command = [sys.executable, "-m", "tests.deploy.query_worker", setup.url]
         procs = [
-            subprocess.Popen([*command, tag, "400", *extra], stdout=subprocess.PIPE, text=True)
+            subprocess.Popen([*command, tag, str(QUERIES), *extra], stdout=subprocess.PIPE, text=True)
             for tag in "AB"
         ]
         outputs = [proc.communicate(timeout=60)[0] for proc in procs]
@@ -323,7 +326,7 @@ class TestNoMixUp:
     def test_two_processes_never_receive_each_others_results(self, setup: Setup) -> None:
         with timed("mix-up check, DB_POOLER=pgbouncer"):
             outcomes = self._run(setup)
-        assert outcomes == [{"own": 400, "foreign": 0, "errors": 0}] * 2
+        assert outcomes == [{"own": QUERIES, "foreign": 0, "errors": 0}] * 2
 
     def test_the_check_sees_the_mix_up_with_the_statement_cache_on(self, setup: Setup) -> None:
         with timed("mix-up check, statement cache on"):
