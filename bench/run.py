@@ -25,7 +25,7 @@ from pathlib import Path
 from types import FrameType
 
 import psutil
-from gwbench import report, sql
+from gwbench import pooler, report, sql
 from gwbench.bench import Bench, Outcome, Plan, log
 from gwbench.load import wrk_path
 from gwbench.measure import CPUS
@@ -34,7 +34,7 @@ from gwbench.procs import BenchError
 from gwbench.profiling import INSTALL_HINT, Profiler, choose
 
 BENCH_DIR = Path(__file__).resolve().parent
-PHASES = ("pgbench", "trivial", "bidpaw", "service", "audit")
+PHASES = ("pgbench", "trivial", "bidpaw", "service", "audit", "pgbouncer")
 
 
 def _list(text: str) -> tuple[int, ...]:
@@ -142,6 +142,7 @@ def main(argv: list[str]) -> int:
             bench.service_matrix()
             if profiler is not None:
                 bench.profile(profiler, scenario=args.profile_scenario)
+            pooled = _pooler_phase(bench, skip)
     except BenchError as exc:
         print(f"bench: {exc}", file=sys.stderr)
         print(f"bench: logs kept in {workdir}", file=sys.stderr)
@@ -150,7 +151,7 @@ def main(argv: list[str]) -> int:
         print(f"bench: interrupted; logs kept in {workdir}", file=sys.stderr)
         return 130
     facts["elapsed"] = f"{time.monotonic() - started:.0f} s"
-    text = _render(plan, outcome, facts, profiled=args.profile_scenario)
+    text = "\n".join([_render(plan, outcome, facts, profiled=args.profile_scenario), "", *pooled])
     print(text)
     if results is not None:
         results.mkdir(parents=True, exist_ok=True)
@@ -162,6 +163,16 @@ def main(argv: list[str]) -> int:
     else:
         shutil.rmtree(workdir, ignore_errors=True)
     return 0
+
+
+def _pooler_phase(bench: Bench, skip: frozenset[str]) -> list[str]:
+    """The PgBouncer rows (gwbench/pooler.py), last: its migrate writes the role's timeouts."""
+    if "pgbouncer" in skip:
+        return []
+    try:
+        return pooler.phase(bench)
+    except BenchError as exc:
+        return [f"PGBOUNCER: skipped: {exc}"]
 
 
 def _idle_before() -> str:
