@@ -15,15 +15,15 @@ from collections import Counter
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import create_async_engine
 
+from partner_gateway.config import Settings
 from partner_gateway.db import Database, connection_mode
-from tests.conftest import make_settings
 
 CONCURRENCY = 4
 VARIANTS = 4  # several statements, so that statement names collide across processes
 
 
 async def run(url: str, tag: str, count: int, statement_cache: int | None) -> Counter[str]:
-    settings = make_settings(url, db_pooler="pgbouncer", db_pool_size=CONCURRENCY)
+    settings = Settings(_env_file=None, database_url=url, db_pooler="pgbouncer", db_pool_size=CONCURRENCY)
     connect_args = connection_mode(settings).connect_args(timeout=settings.db_timeout_seconds)
     if statement_cache is not None:
         connect_args["statement_cache_size"] = statement_cache
