@@ -275,31 +275,76 @@ async def bounds_options(url: str, *, seconds: float) -> dict[str, float]:
             "transaction: + set_config(…, true)": await rate(
                 database.transaction, with_set_local(transaction)
             ),
+            **await _begin_options(url, bounds, seconds=seconds),
         }
     finally:
         await engine.dispose()
 
 
+async def _begin_options(url: str, bounds: dict[str, str], *, seconds: float) -> dict[str, float]:
+    """On bare asyncpg: BEGIN alone, or BEGIN and SET LOCAL sent together as one simple query
+    (several statements, one round trip), around one parametrised statement and COMMIT."""
+    import asyncpg
+
+    from partner_gateway.db import APPLICATION_NAME
+
+    dsn = url.replace("postgresql+asyncpg://", "postgresql://")
+    set_local = "".join(f"; SET LOCAL {name} = '{value}'" for name, value in bounds.items())
+    begins = {
+        "asyncpg transaction: BEGIN (role defaults)": "BEGIN ISOLATION LEVEL READ COMMITTED",
+        "asyncpg transaction: BEGIN; SET LOCAL … in one round trip": "BEGIN" + set_local,
+    }
+    conns = [
+        await asyncpg.connect(
+            dsn, statement_cache_size=0, server_settings={"application_name": APPLICATION_NAME}
+        )
+        for _ in range(OPTION_CONCURRENCY)
+    ]
+    try:
+        return {name: await _begin_rate(conns, begin, seconds=seconds) for name, begin in begins.items()}
+    finally:
+        for conn in conns:
+            await conn.close()
+
+
+async def _begin_rate(conns: list[Any], begin: str, *, seconds: float) -> float:
+    done = 0
+    stop = time.monotonic() + seconds
+
+    async def worker(conn: Any) -> None:
+        nonlocal done
+        while time.monotonic() < stop:
+            await conn.execute(begin)
+            await conn.fetchval("SELECT $1::int", done)
+            await conn.execute("COMMIT")
+            done += 1
+
+    started = time.monotonic()
+    await asyncio.gather(*(worker(conn) for conn in conns))
+    return done / (time.monotonic() - started)
+
+
 def report(
     rows: dict[tuple[str, str, int], Row], options: dict[str, float], *, clients: tuple[int, ...]
 ) -> list[str]:
+    """Rates move with whatever else the machine runs; CPU per unit much less so."""
     lines = [
         f"PGBOUNCER ({WORKERS} worker processes each; deploy/pgbouncer/pgbouncer.ini;"
         " app CPU includes PgBouncer's)"
     ]
-    head = f"{'what':<30} {'conns':>5}" + "".join(f" {name:>22}" for name, _ in CONFIGS) + f" {'cost':>7}"
+    head = (
+        f"{'what':<30} {'conns':>5} {'configuration':<44} {'rate':>12} {'p50 ms':>7} {'p99 ms':>7}"
+        f" {'err':>4} {'app ms':>6} {'pg ms':>6} {'CPU vs direct':>13}"
+    )
     lines += [head, "─" * len(head)]
     for scenario, title, unit in SCENARIOS:
         for count in clients:
-            cells = [rows.get((config, scenario, count)) for config, _ in CONFIGS]
-            text = f"{title:<30} {count:>5}"
-            for row in cells:
-                text += f" {_cell(row, unit):>22}"
-            direct, bounced = cells[0], cells[-1]
-            if direct and bounced and direct.rate:
-                text += f" {100 * (bounced.rate / direct.rate - 1):+6.0f}%"
-            lines.append(text)
-    lines.append("  cells: rate, p50 ms; cost: through PgBouncer against direct")
+            direct = rows.get(("direct", scenario, count))
+            for config, label in CONFIGS:
+                row = rows.get((config, scenario, count))
+                if row is not None:
+                    lines.append(f"{title:<30} {count:>5} {label:<44} {_cells(row, unit, direct)}")
+    lines.append("  app ms, pg ms: CPU per unit of the service (with PgBouncer's) and of PostgreSQL")
     lines += [
         "",
         f"HOW THE TIMEOUTS TRAVEL through PgBouncer (in-process, {OPTION_CONCURRENCY} tasks, ops/s)",
@@ -309,9 +354,20 @@ def report(
     return lines
 
 
-def _cell(row: Row | None, unit: str) -> str:
-    if row is None:
-        return "-"
-    p50 = f"{row.latency.p50:.1f}" if row.latency else "?"
-    errors = f" {row.errors}err" if row.errors else ""
-    return f"{row.rate:,.0f} {unit.split('/')[0]} {p50}ms{errors}"
+def _cpu_per_unit(row: Row) -> tuple[float, float]:
+    if row.cpu is None or not row.units:
+        return 0.0, 0.0
+    return 1000 * row.cpu.app / row.units, 1000 * row.cpu.pg / row.units
+
+
+def _cells(row: Row, unit: str, direct: Row | None) -> str:
+    lat = row.latency
+    app, pg = _cpu_per_unit(row)
+    text = (
+        f"{row.rate:>6,.0f} {unit:<5} {lat.p50 if lat else 0:7.1f} {lat.p99 if lat else 0:7.1f}"
+        f" {row.errors:>4} {app:6.2f} {pg:6.2f}"
+    )
+    base = sum(_cpu_per_unit(direct), 0.0) if direct is not None and direct is not row else 0.0
+    if base:
+        text += f" {100 * ((app + pg) / base - 1):+12.0f}%"
+    return text
