@@ -22,14 +22,16 @@ import re
 import secrets
 import shutil
 import signal
+import statistics
 import socket
 import subprocess
 import sys
 import tempfile
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from datetime import timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -165,7 +167,7 @@ def phase(bench: Bench) -> list[str]:
                         )
             finally:
                 server.stop()
-        options = asyncio.run(bounds_options(bounced, seconds=max(1.0, bench.plan.seconds / 2)))
+        options = asyncio.run(bounds_options(bounced, seconds=max(2.5, bench.plan.seconds)))
     bench.out.rows.extend(rows.values())
     return report(rows, options, clients=bench.plan.clients)
 
@@ -249,7 +251,7 @@ async def bounds_options(url: str, *, seconds: float) -> dict[str, float]:
 
         return run
 
-    async def rate(opened: Callable[[], Any], work: Callable[[Any], Any]) -> float:
+    async def rate(opened: Callable[[], Any], work: Callable[[Any], Any], seconds: float) -> float:
         done = 0
         stop = time.monotonic() + seconds
 
@@ -265,20 +267,37 @@ async def bounds_options(url: str, *, seconds: float) -> dict[str, float]:
         return done / (time.monotonic() - started)
 
     try:
-        await rate(database.statement, statement)  # warm the pool
-        return {
-            "statement: autocommit, role defaults": await rate(database.statement, statement),
-            "statement: in a transaction with set_config(…, true)": await rate(
-                database.transaction, with_set_local(statement)
-            ),
-            "transaction: role defaults": await rate(database.transaction, transaction),
-            "transaction: + set_config(…, true)": await rate(
-                database.transaction, with_set_local(transaction)
-            ),
-            **await _begin_options(url, bounds, seconds=seconds),
-        }
+        await rate(database.statement, statement, 1.0)  # warm the pool
+        return await interleaved(
+            {
+                "statement: autocommit, role defaults": partial(rate, database.statement, statement),
+                "statement: in a transaction with set_config(…, true)": partial(
+                    rate, database.transaction, with_set_local(statement)
+                ),
+                "transaction: role defaults": partial(rate, database.transaction, transaction),
+                "transaction: + set_config(…, true)": partial(
+                    rate, database.transaction, with_set_local(transaction)
+                ),
+            },
+            seconds=seconds,
+        ) | await _begin_options(url, bounds, seconds=seconds)
     finally:
         await engine.dispose()
+
+
+ROUNDS = 5
+
+
+async def interleaved(
+    runs: Mapping[str, Callable[[float], Awaitable[float]]], *, seconds: float
+) -> dict[str, float]:
+    """Each run's median rate over ROUNDS rounds, the runs taking turns: a machine whose load
+    drifts during the measurement moves every run's figure alike."""
+    rates: dict[str, list[float]] = {name: [] for name in runs}
+    for _ in range(ROUNDS):
+        for name, run in runs.items():
+            rates[name].append(await run(seconds / ROUNDS))
+    return {name: statistics.median(values) for name, values in rates.items()}
 
 
 async def _begin_options(url: str, bounds: dict[str, str], *, seconds: float) -> dict[str, float]:
@@ -301,13 +320,14 @@ async def _begin_options(url: str, bounds: dict[str, str], *, seconds: float) ->
         for _ in range(OPTION_CONCURRENCY)
     ]
     try:
-        return {name: await _begin_rate(conns, begin, seconds=seconds) for name, begin in begins.items()}
+        runs = {name: partial(_begin_rate, conns, begin) for name, begin in begins.items()}
+        return await interleaved(runs, seconds=seconds)
     finally:
         for conn in conns:
             await conn.close()
 
 
-async def _begin_rate(conns: list[Any], begin: str, *, seconds: float) -> float:
+async def _begin_rate(conns: list[Any], begin: str, seconds: float) -> float:
     done = 0
     stop = time.monotonic() + seconds
 
