@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 from logging.config import fileConfig
 
 from alembic import context
@@ -11,7 +12,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from partner_gateway import models  # noqa: F401  (registers the tables)
 from partner_gateway.config import Settings
-from partner_gateway.db import Base
+from partner_gateway.db import Base, connection_mode
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):
@@ -27,7 +28,7 @@ def _migrate(connection: Connection) -> None:
         connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
         connection.exec_driver_sql("SET LOCAL lock_timeout = 0")
         context.run_migrations()
-        _set_role_defaults(connection, config.attributes.get("role_defaults", {}))
+        _set_role_defaults(connection, _mode()[1])
 
 
 def _set_role_defaults(connection: Connection, defaults: dict[str, str]) -> None:
@@ -46,8 +47,17 @@ def _set_role_defaults(connection: Connection, defaults: dict[str, str]) -> None
         connection.exec_driver_sql(f"SELECT set_config('{name}', {literal}, false)")
 
 
+def _mode() -> tuple[dict[str, Any], dict[str, str]]:
+    """Connect arguments and role defaults: from `partner-gateway migrate`, else (a plain
+    `alembic upgrade head`) from the settings' DB_POOLER, so both do the same."""
+    if "role_defaults" in config.attributes:
+        return config.attributes["connect_args"], config.attributes["role_defaults"]
+    mode = connection_mode(Settings())
+    return {"statement_cache_size": mode.statement_cache_size}, mode.role_defaults
+
+
 async def _run(url: str) -> None:
-    engine = create_async_engine(url, connect_args=config.attributes.get("connect_args", {}))
+    engine = create_async_engine(url, connect_args=_mode()[0])
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_migrate)

@@ -329,10 +329,15 @@ class TestNoMixUp:
         assert outcomes == [{"own": QUERIES, "foreign": 0, "errors": 0}] * 2
 
     def test_the_check_sees_the_mix_up_with_the_statement_cache_on(self, setup: Setup) -> None:
-        with timed("mix-up check, statement cache on"):
-            outcomes = self._run(setup, "--statement-cache", "100")
-        print(f"[pgbouncer] statement cache on: {outcomes}", file=sys.stderr)  # noqa: T201
-        assert sum(o["foreign"] for o in outcomes) > 0
+        # Which statement meets which server connection is up to timing: most runs see foreign
+        # answers, an unlucky one sees only errors (`prepared statement ... already exists`).
+        for attempt in range(3):
+            with timed(f"mix-up check, statement cache on, attempt {attempt + 1}"):
+                outcomes = self._run(setup, "--statement-cache", "100")
+            print(f"[pgbouncer] statement cache on: {outcomes}", file=sys.stderr)  # noqa: T201
+            if sum(o["foreign"] for o in outcomes) > 0:
+                return
+        pytest.fail(f"no foreign answer in 3 runs with the statement cache on: {outcomes}")
 
 
 class TestPgBouncerDown:
