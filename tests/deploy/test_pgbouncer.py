@@ -19,7 +19,6 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -31,6 +30,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from partner_gateway.db import Database, create_engine
 from tests.conftest import GATEWAY_HEADERS, make_settings
+from tests.deploy.conftest import note, timed
 from tests.deploy.pgbouncer import PgBouncer
 from tests.helpers import auth_body, auth_headers, launch
 from tests.processes import free_port, serve, wait_ready
@@ -46,15 +46,6 @@ PASSWORD = "pgbouncer-test-" + uuid.uuid4().hex
 TABLES = ("idempotency_keys", "user_sessions", "player_block_events", "players")
 AUTH = "/betlink/authenticate"
 QUERIES = 300  # per process in the mix-up check
-
-
-@contextmanager
-def timed(what: str) -> Iterator[None]:
-    started = time.monotonic()
-    try:
-        yield
-    finally:
-        print(f"[pgbouncer] {what}: {time.monotonic() - started:.2f} s", file=sys.stderr)  # noqa: T201
 
 
 @dataclass(frozen=True)
@@ -111,7 +102,7 @@ def setup(database_url: str) -> Iterator[Setup]:
     socket_dir = str(url.query.get("host") or url.host)
     port = url.port or 5432
     server = {"host": socket_dir, "port": port, "user": url.username, "password": url.password}
-    with timed("set-up: role, database, PgBouncer, migrate through it"):
+    with timed("pgbouncer: set-up: role, database, PgBouncer, migrate through it"):
         secret = asyncio.run(_create_owner(server))
         bouncer = PgBouncer.configure(
             server_host=socket_dir,
@@ -151,7 +142,7 @@ def services(setup: Setup) -> Iterator[list[str]]:
         "BETLINK_LAUNCH_TOKEN_TTL_SECONDS": "120",
         "LOG_LEVEL": "ERROR",  # the restart test makes a hundred expected warnings
     }
-    with timed("two serve processes ready"):
+    with timed("pgbouncer: two serve processes ready"):
         procs = [serve(setup.url, port, workers=1, **settings) for port in ports]
         urls = [f"http://127.0.0.1:{port}" for port in ports]
         try:
@@ -246,7 +237,7 @@ class TestBounds:
                 direct, "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
             )
             await holder.rollback()
-        print(f"[pgbouncer] held lock answered in {elapsed:.2f} s", file=sys.stderr)  # noqa: T201
+        note(f"pgbouncer: held lock answered in {elapsed:.2f} s")
         assert response.status_code == 503
         assert response.json()["errorCode"] == "REQUEST_TIMED_OUT"
         assert TIMEOUT * 0.9 <= elapsed < TIMEOUT + 1
@@ -259,7 +250,7 @@ class TestRaces:
     ) -> None:
         session = await launch(clients[0])
         key, body = str(uuid.uuid4()), auth_body(session)
-        with timed("60 same-key requests over two processes"):
+        with timed("pgbouncer: 60 same-key requests over two processes"):
             responses = await asyncio.gather(
                 *(clients[i % 2].post(AUTH, headers=auth_headers(key), json=body) for i in range(60))
             )
@@ -272,7 +263,7 @@ class TestRaces:
         self, clients: list[httpx.AsyncClient], direct: AsyncEngine
     ) -> None:
         session = await launch(clients[1])
-        with timed("40 keys on one launch token"):
+        with timed("pgbouncer: 40 keys on one launch token"):
             responses = await asyncio.gather(
                 *(
                     clients[i % 2].post(AUTH, headers=auth_headers(), json=auth_body(session))
@@ -287,7 +278,7 @@ class TestRaces:
         self, clients: list[httpx.AsyncClient]
     ) -> None:
         player = {**GATEWAY_HEADERS, "X-User-Id": "racer"}
-        with timed("block racing authenticate, 3 rounds"):
+        with timed("pgbouncer: block racing authenticate, 3 rounds"):
             for _round in range(3):
                 assert (
                     await clients[0].delete("/players/racer/block", headers=GATEWAY_HEADERS)
@@ -324,7 +315,7 @@ class TestNoMixUp:
         return [json.loads(output) for output in outputs]
 
     def test_two_processes_never_receive_each_others_results(self, setup: Setup) -> None:
-        with timed("mix-up check, DB_POOLER=pgbouncer"):
+        with timed("pgbouncer: mix-up check, DB_POOLER=pgbouncer"):
             outcomes = self._run(setup)
         assert outcomes == [{"own": QUERIES, "foreign": 0, "errors": 0}] * 2
 
@@ -332,9 +323,9 @@ class TestNoMixUp:
         # Which statement meets which server connection is up to timing: most runs see foreign
         # answers, an unlucky one sees only errors (`prepared statement ... already exists`).
         for attempt in range(3):
-            with timed(f"mix-up check, statement cache on, attempt {attempt + 1}"):
+            with timed(f"pgbouncer: mix-up check, statement cache on, attempt {attempt + 1}"):
                 outcomes = self._run(setup, "--statement-cache", "100")
-            print(f"[pgbouncer] statement cache on: {outcomes}", file=sys.stderr)  # noqa: T201
+            note(f"pgbouncer: statement cache on: {outcomes}")
             if sum(o["foreign"] for o in outcomes) > 0:
                 return
         pytest.fail(f"no foreign answer in 3 runs with the statement cache on: {outcomes}")
@@ -378,7 +369,7 @@ class TestPgBouncerDown:
                 answer = await exchanger.post(AUTH, headers=auth_headers(key), json=body)
                 outcomes.append((key, answer, body))
 
-        with timed("load with a PgBouncer restart (3.5 s of load)"):
+        with timed("pgbouncer: load with a PgBouncer restart (3.5 s of load)"):
             load = [asyncio.create_task(player(n)) for n in range(8)]
             await asyncio.sleep(1)
             setup.bouncer.stop()
@@ -389,7 +380,7 @@ class TestPgBouncerDown:
             await asyncio.wait_for(asyncio.gather(*load), timeout=TIMEOUT + 10)
 
         statuses = Counter(r.status_code for _, r, _ in outcomes)
-        print(f"[pgbouncer] statuses under restart: {dict(statuses)}", file=sys.stderr)  # noqa: T201
+        note(f"pgbouncer: statuses under restart: {dict(statuses)}")
         assert set(statuses) <= {200, 201, 503}
         assert statuses[503] > 0  # the restart did hit requests in flight
         for what, response, _ in outcomes:
