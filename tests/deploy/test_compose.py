@@ -149,6 +149,11 @@ def project(api_socket: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         timing("compose down", started)
 
 
+def _logs(container: str) -> str:
+    result = podman("logs", container, check=False)
+    return result.stdout + result.stderr
+
+
 def _ready(url: str) -> bool:
     try:
         return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
@@ -197,8 +202,8 @@ class TestComposeUp:
     def test_the_purge_loop_runs(self, project: tuple[Compose, str]) -> None:
         name = f"{PROJECT}-purge-1"
         deadline = time.monotonic() + 30
-        while "purge.done" not in podman("logs", name).stdout:
-            assert time.monotonic() < deadline, podman("logs", name).stderr[-2000:]
+        while "purge.done" not in (logs := _logs(name)):
+            assert time.monotonic() < deadline, logs[-2000:]
             time.sleep(0.5)
         state = podman("inspect", "--format", "{{.State.Running}} {{.RestartCount}}", name).stdout
         assert state.split() == ["true", "0"]  # still looping, never restarted
