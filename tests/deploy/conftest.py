@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import sys
 import time
+from collections import defaultdict
 from collections.abc import Iterator
 from contextlib import contextmanager
 
 import pytest
 
 TIMINGS: list[str] = []
+_SPENT: defaultdict[str, float] = defaultdict(float)
 
 
 @contextmanager
@@ -27,8 +29,16 @@ def note(line: str) -> None:
     print(f"[deploy] {line}", file=sys.stderr)  # noqa: T201
 
 
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.nodeid.startswith("tests/deploy/"):
+        _SPENT[report.nodeid.split("::")[0]] += report.duration
+
+
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if TIMINGS:
-        terminalreporter.section("deploy timings")
-        for line in TIMINGS:
-            terminalreporter.write_line(line)
+    if not TIMINGS and not _SPENT:
+        return
+    terminalreporter.section("deploy timings")
+    for line in TIMINGS:
+        terminalreporter.write_line(line)
+    for module, seconds in sorted(_SPENT.items()):
+        terminalreporter.write_line(f"{module}: {seconds:.1f} s in all (set-up, tests, tear-down)")

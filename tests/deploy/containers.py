@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 import tarfile
 import tempfile
 import time
@@ -20,6 +19,7 @@ from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
 
+from tests.deploy.conftest import note
 from tests.system import require_programs
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -47,7 +47,7 @@ network_backend = "netavark"
 
 
 def timing(label: str, started: float) -> None:
-    print(f"[deploy] {label}: {time.monotonic() - started:.1f} s", file=sys.stderr)  # noqa: T201
+    note(f"{label}: {time.monotonic() - started:.1f} s")
 
 
 @cache

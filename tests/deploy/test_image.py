@@ -38,7 +38,14 @@ pytestmark = pytest.mark.slow
 
 OWNER_PASSWORD = "owner-" + uuid.uuid4().hex
 APP_PASSWORD = "app-" + uuid.uuid4().hex
-HARDENED = ["--read-only", "--cap-drop=ALL", "--security-opt=no-new-privileges", "--network=host"]
+# Read-only with no tmpfs at all (podman adds /tmp and /run by default): nothing is written.
+HARDENED = [
+    "--read-only",
+    "--read-only-tmpfs=false",
+    "--cap-drop=ALL",
+    "--security-opt=no-new-privileges",
+    "--network=host",
+]
 
 
 @dataclass(frozen=True)

@@ -8,13 +8,14 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from partner_gateway.cli import UVICORN_OPTIONS
 from tests.deploy.containers import ROOT
 
 MANIFESTS = ROOT / "deploy" / "kubernetes"
 # The oldest Kubernetes still supported upstream when this was written, and the newest schemas
 # the library ships.
 VERSIONS = ["1.32.0", kubernetes_validate.latest_version()]
-DRAIN_SECONDS = 10  # uvicorn's timeout_graceful_shutdown (cli.UVICORN_OPTIONS)
+DRAIN_SECONDS = UVICORN_OPTIONS["timeout_graceful_shutdown"]
 SECRET_NAMES = ("DATABASE_URL", "API_KEYS", "ENCRYPTION_KEY", "USER_ID_KEY", "SECRET_KEY", "PASSWORD")
 
 
