@@ -112,7 +112,6 @@ def migrated(image: str, database: Database) -> Database:
         "--rm",
         *HARDENED,
         f"--env=DATABASE_URL={database.owner_url}",
-        *_service_env(database, 0)[2:],  # TEMP until main's migrate needs only DATABASE_URL
         image,
         "partner-gateway",
         "migrate",
