@@ -15,6 +15,7 @@ import tarfile
 import tempfile
 import time
 from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from functools import cache
 from pathlib import Path
@@ -145,9 +146,20 @@ def uv_image() -> str:
     return name
 
 
+_BACKGROUND = ThreadPoolExecutor(max_workers=1)
+
+
 @cache
+def _postgres_build() -> Future[str]:
+    return _BACKGROUND.submit(_postgres_image)
+
+
 def postgres_image() -> str:
     """`postgres:18`, or a stand-in with Debian's PostgreSQL 15 and the same entrypoint contract."""
+    return _postgres_build().result(timeout=600)
+
+
+def _postgres_image() -> str:
     if image_exists(POSTGRES_IMAGE):
         return POSTGRES_IMAGE
     if not image_exists(POSTGRES_STANDIN):
@@ -185,8 +197,9 @@ def build_args() -> list[str]:
 def gateway_image() -> str:
     """The project's Dockerfile, built in Docker format (the layer cache makes a rebuild quick)."""
     started = time.monotonic()
+    _postgres_build()  # in parallel: the tests need it right after the image
     args = build_args()
-    timing("base images ready", started)
+    timing("python and uv bases ready", started)
     started = time.monotonic()
     podman("build", "--format", "docker", *args, "-t", GATEWAY_IMAGE, str(ROOT), timeout=600)
     timing("image built", started)

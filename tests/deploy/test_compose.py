@@ -125,19 +125,21 @@ def project(api_socket: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
         "COMPOSE_BAKE": "false",  # or compose wants buildkit from a registry
         "DOCKER_BUILDKIT": "0",
     }
+    # The image `app` builds (test_image's build, or the cache): `up` finds it by name.
+    containers.gateway_image()
     compose = Compose(_env_file(tmp_path_factory.mktemp("compose"), port), environment)
     url = f"http://127.0.0.1:{port}"
     stop = threading.Event()
     checker = threading.Thread(target=_run_health_checks, args=(stop,), daemon=True)
     try:
-        # The image `app` builds, from test_image's build or the cache: `up` finds it by name.
-        containers.gateway_image()
         started = time.monotonic()
         checker.start()
         compose("up", "--detach", timeout=300)
         deadline = time.monotonic() + 120
         while not _ready(url):
-            assert time.monotonic() < deadline, compose("logs").stdout[-4000:]
+            inspect = ("inspect", "--format", "{{.State.ExitCode}}", f"{PROJECT}-migrate-1")
+            if podman(*inspect).stdout.strip() != "0" or time.monotonic() > deadline:
+                pytest.fail(compose("logs").stdout[-4000:])
             time.sleep(0.5)
         timing("compose up to /readyz", started)
         yield compose, url
@@ -175,6 +177,14 @@ class TestComposeFile:
         settings = yaml.safe_load(COMPOSE_FILE.read_text())["x-settings"]
         expected = {name.upper() for name in Settings.model_fields} - {"DATA_DIR"}
         assert set(settings) == expected
+
+    def test_migrate_and_purge_get_no_api_or_encryption_keys(self) -> None:
+        services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
+        assert set(services["migrate"]["environment"]) == {"DATABASE_URL"}
+        assert "gateway:${POSTGRES_PASSWORD" in services["migrate"]["environment"]["DATABASE_URL"]
+        purge = services["purge"]["environment"]
+        assert not [name for name in purge if name.endswith(("_KEYS", "_KEY"))]
+        assert purge["DATABASE_URL"] == services["app"]["environment"]["DATABASE_URL"]
 
     def test_the_grace_period_is_above_the_drain(self) -> None:
         app = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["app"]
