@@ -8,6 +8,7 @@ rerun on the same machine starts from the cache.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -26,7 +27,8 @@ from tests.system import require_programs
 ROOT = Path(__file__).resolve().parents[2]
 STANDIN = Path(__file__).resolve().parent / "standin"
 STATE = Path("/var/tmp/partner-gateway-podman")  # podman's configuration, stable across runs
-GATEWAY_IMAGE = "localhost/partner-gateway:test"
+# One tag per checkout: worktrees testing at once on one machine never run each other's image.
+GATEWAY_IMAGE = f"localhost/partner-gateway:test-{hashlib.sha256(str(ROOT).encode()).hexdigest()[:10]}"
 PYTHON_IMAGE = "docker.io/library/python:3.12-slim"
 UV_IMAGE = "ghcr.io/astral-sh/uv:0.13.9"
 POSTGRES_IMAGE = "docker.io/library/postgres:18"
