@@ -204,6 +204,12 @@ class TestImage:
         # No DATABASE_URL: `serve` refuses to start instead of falling back to anything local.
         refused = podman("run", "--rm", "--network=none", image, timeout=60, check=False)
         assert refused.returncode == 2, refused.stderr
+        # Asked for by name, local mode does not start either (the image lacks the `local` extra).
+        local = podman(
+            "run", "--rm", "--network=none", image, "partner-gateway", "serve", "--local", check=False
+        )
+        assert local.returncode != 0
+        assert "Uvicorn running" not in local.stderr
 
     async def test_app_role_may_write_rows_but_not_change_the_schema(self, migrated: Database) -> None:
         engine = create_async_engine(migrated.app_url)
