@@ -30,6 +30,7 @@ from tests.conftest import (
     REDIRECT_URL,
 )
 from tests.deploy import containers
+from tests.deploy.conftest import note
 from tests.deploy.containers import ROOT, container, podman, timing
 from tests.helpers import auth_body, auth_headers, hold_key_claim, launch
 from tests.processes import free_port
@@ -74,9 +75,8 @@ def _wait(what: str, check: Callable[[], bool], timeout: float) -> None:
 
 @pytest.fixture(scope="module")
 def image() -> str:
-    started = time.monotonic()
     name = containers.gateway_image()
-    timing(f"gateway image ready ({containers.image_size_mb(name):.0f} MB)", started)
+    note(f"image size: {containers.image_size_mb(name):.0f} MB")
     return name
 
 
