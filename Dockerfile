@@ -10,9 +10,11 @@ FROM ${PYTHON_IMAGE} AS build
 COPY --from=uv /uv /usr/local/bin/uv
 ENV UV_LINK_MODE=copy UV_COMPILE_BYTECODE=1 UV_PYTHON_DOWNLOADS=never UV_PROJECT_ENVIRONMENT=/app/.venv
 WORKDIR /app
-COPY pyproject.toml uv.lock README.md ./
+COPY pyproject.toml uv.lock ./
 # No dev group and no `local` extra: the embedded PostgreSQL is not in the image (checked below).
+# Dependencies first: their layer stays cached until the lock changes.
 RUN uv sync --locked --no-dev --extra otel --no-install-project
+COPY README.md ./
 COPY src ./src
 COPY migrations ./migrations
 COPY alembic.ini ./

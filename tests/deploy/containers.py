@@ -198,6 +198,7 @@ def build_args() -> list[str]:
 @cache
 def gateway_image() -> str:
     """The project's Dockerfile, built in Docker format (the layer cache makes a rebuild quick)."""
+    podman_env()  # once, before a second thread needs it
     started = time.monotonic()
     _postgres_build()  # in parallel: the tests need it right after the image
     args = build_args()
