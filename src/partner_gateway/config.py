@@ -201,7 +201,11 @@ def _generate_local_secrets(path: Path) -> dict[str, str]:
 
 def with_local_defaults(settings: Settings) -> tuple[Settings, dict[str, str]]:
     """Fill what local mode may generate; return the settings and the generated values used."""
-    generated = _generate_local_secrets(settings.data_dir / LOCAL_SECRETS_FILE)
+    path = settings.data_dir.resolve() / LOCAL_SECRETS_FILE
+    try:
+        generated = _generate_local_secrets(path)
+    except OSError as exc:
+        raise ConfigError(f"DATA_DIR: cannot keep local mode's secrets in {path}: {exc.strerror}") from None
     update: dict[str, Any] = {}
     used: dict[str, str] = {}
     for name, value in generated.items():

@@ -266,8 +266,18 @@ def wrong_code_for_unknown_token(seen: Seen, arrival: Arrival, ex: Exchange) -> 
 
 def exchange_used_token_again(seen: Seen, arrival: Arrival, ex: Exchange) -> None:
     # Only a token presented after its exchange was answered, with nothing else in flight: the
-    # losers of a parallel race are the other check's business.
-    if ex.is_auth() and ex.status == 401 and arrival.exchanged_before and arrival.others_in_flight == 0:
+    # losers of a parallel race are the other check's business. A loser of that race can still
+    # arrive after the winner's answer, with nothing in flight, so the situation alone is not
+    # enough on a loaded machine: the request must also not come from a concurrent run
+    # (certify's X-Request-ID, `certify-<check>-<n>`, names the check that sent it).
+    sequential = not ex.headers.get("x-request-id", "").startswith("certify-idempotency.parallel")
+    if (
+        ex.is_auth()
+        and ex.status == 401
+        and sequential
+        and arrival.exchanged_before
+        and arrival.others_in_flight == 0
+    ):
         if len(seen.token_keys[ex.sent("launchToken")]) == 2:
             _stored_200(seen, ex)
 

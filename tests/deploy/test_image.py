@@ -208,8 +208,12 @@ class TestImage:
         local = podman(
             "run", "--rm", "--network=none", image, "partner-gateway", "serve", "--local", check=False
         )
-        assert local.returncode != 0
-        assert "Uvicorn running" not in local.stderr
+        assert local.returncode == 2
+        assert (
+            local.stderr.strip()
+            .splitlines()[-1]
+            .startswith("partner-gateway: configuration error: local mode needs the optional 'local' extra")
+        )
 
     async def test_app_role_may_write_rows_but_not_change_the_schema(self, migrated: Database) -> None:
         engine = create_async_engine(migrated.app_url)
