@@ -34,7 +34,7 @@ from gwbench.procs import BenchError
 from gwbench.profiling import INSTALL_HINT, Profiler, choose
 
 BENCH_DIR = Path(__file__).resolve().parent
-PHASES = ("pgbench", "trivial", "bidpaw", "service", "audit", "pgbouncer")
+PHASES = ("pgbench", "trivial", "floor", "bidpaw", "service", "audit", "pgbouncer")
 
 
 def _list(text: str) -> tuple[int, ...]:
@@ -67,6 +67,11 @@ def _parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=VALUE",
         help="extra service setting, e.g. DB_POOL_SIZE=30",
+    )
+    parser.add_argument(
+        "--check",
+        action="store_true",
+        help="exit 3 when a target is missed or could not be measured (for a pipeline)",
     )
     parser.add_argument("--results", type=Path, help="where to save (default bench/results/<time>/)")
     parser.add_argument("--no-save", action="store_true", help="print only")
@@ -162,6 +167,11 @@ def main(argv: list[str]) -> int:
         print(f"temporary files kept in {workdir}")
     else:
         shutil.rmtree(workdir, ignore_errors=True)
+    if args.check:
+        missed = report.missed(outcome.rows, plan.clients, plan.workers)
+        for name in missed:
+            print(f"bench --check: target missed: {name}", file=sys.stderr)
+        return 3 if missed else 0
     return 0
 
 

@@ -17,6 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 from partner_gateway.app import create_app
 from partner_gateway.config import Settings
+from partner_gateway.db import Database, create_database
 from partner_gateway.embedded import embedded_postgres
 from partner_gateway.schema import upgrade
 
@@ -81,6 +82,14 @@ async def engine(database_url: str) -> AsyncIterator[AsyncEngine]:
     await engine.dispose()
 
 
+@pytest.fixture
+async def database(settings: Settings) -> AsyncIterator[Database]:
+    """The service's own kind of database handle, for tests that call the store or services."""
+    database = create_database(settings, settings.database_url or "")
+    yield database
+    await database.close()
+
+
 @pytest.fixture(autouse=True)
 async def _clean_tables(engine: AsyncEngine) -> None:
     # Isolation by truncation rather than a rolled-back outer transaction: the concurrency tests
@@ -128,3 +137,27 @@ def app_of(client: httpx.AsyncClient) -> FastAPI:
 @pytest.fixture
 def data_dir(tmp_path: Path) -> Path:
     return tmp_path / "data"
+
+
+@pytest.fixture(params=["read committed", "repeatable read", "serializable"])
+async def database_default_isolation(
+    request: pytest.FixtureRequest, engine: AsyncEngine
+) -> AsyncIterator[str]:
+    """The test database's default isolation set to each level: the service must not depend on it."""
+    level: str = request.param
+
+    async def set_default(value: str | None) -> None:
+        change = (
+            "RESET default_transaction_isolation"
+            if value is None
+            else "SET default_transaction_isolation = %L"
+        )
+        sql = (
+            f"DO $$ BEGIN EXECUTE format('ALTER DATABASE %I {change}', current_database(), '{value}'); END $$"
+        )
+        async with engine.begin() as conn:
+            await conn.execute(text(sql))
+
+    await set_default(level)
+    yield level
+    await set_default(None)

@@ -283,7 +283,7 @@ async def exchange_at(
     async with engine.connect() as conn:
         created = (await conn.execute(text("SELECT created_at FROM user_sessions"))).scalar_one()
     clock_at = created + timedelta(seconds=clock_offset if clock_offset is not None else 0)
-    async with engine.begin() as conn:
+    async with app.state.database.transaction() as conn:
         return await service.authenticate(
             conn,
             request=AuthenticateRequest.model_validate(auth_body(session)),
@@ -335,7 +335,7 @@ class TestRows10And11Failures:
         assert response.status_code == 503
         assert response.json() == failure("REQUEST_TIMED_OUT", "the database did not answer in time; retry")
         app = app_of(client)
-        assert app.state.engine.pool.checkedout() == 0
+        assert app.state.database.pool.in_use == 0
         assert (await authenticate(client, session, key=str(key))).status_code == 200
 
     async def test_anything_unexpected_is_500_general_exception(
@@ -371,3 +371,46 @@ class TestTokenAnswersAreNeverCached:
             )
             assert response.status_code == 200
             assert response.headers["cache-control"] == "no-store"
+
+
+async def _expire_key(engine: AsyncEngine, key: str) -> None:
+    """The key's IDEMPOTENCY_TTL_SECONDS passed, and no purge has run yet."""
+    async with engine.begin() as conn:
+        await conn.execute(
+            text("UPDATE idempotency_keys SET expires_at = now() - interval '1 second' WHERE key = :k"),
+            {"k": uuid.UUID(key)},
+        )
+
+
+class TestExpiredKeys:
+    """A key past its life is forgotten at once (the claim takes the row over), purge or not."""
+
+    async def test_an_expired_key_is_never_replayed(
+        self, client: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        session, key = await launch(client), str(uuid.uuid4())
+        assert (await authenticate(client, session, key=key)).status_code == 200
+        await _expire_key(engine, key)
+        again = await authenticate(client, session, key=key)
+        assert again.status_code == 401  # evaluated afresh: the launch token is already used
+        assert again.json() == failure(
+            "INVALID_SESSION", "the launch token was already exchanged for a session token"
+        )
+
+    async def test_an_expired_key_serves_a_new_request_and_then_replays_its_answer(
+        self, client: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        key = str(uuid.uuid4())
+        first = await authenticate(client, await launch(client), key=key)
+        await _expire_key(engine, key)
+        session = await launch(client, "player-2")  # another request: no fingerprint mismatch
+        fresh = await authenticate(client, session, key=key)
+        assert fresh.status_code == 200
+        assert fresh.content != first.content
+        assert fresh.json()["userId"] == session["userId"]
+        assert (await authenticate(client, session, key=key)).content == fresh.content
+        async with engine.connect() as conn:
+            expires = (
+                await conn.execute(text("SELECT expires_at > now() FROM idempotency_keys"))
+            ).scalar_one()
+        assert expires  # the taken-over row got a new life

@@ -24,6 +24,7 @@ async def _count(engine: AsyncEngine, sql: str) -> int:
         return int((await conn.execute(text(sql))).scalar_one())
 
 
+@pytest.mark.usefixtures("database_default_isolation")
 class TestSameKeyStorm:
     async def test_100_parallel_same_key_requests_issue_one_token_and_identical_bodies(
         self, make_client: Callable[..., Any], engine: AsyncEngine
@@ -48,6 +49,7 @@ class TestSameKeyStorm:
         assert await _count(engine, "SELECT count(*) FROM idempotency_keys") == 1
 
 
+@pytest.mark.usefixtures("database_default_isolation")
 class TestOneLaunchTokenManyKeys:
     async def test_50_parallel_keys_on_one_launch_token_give_exactly_one_200(
         self, make_client: Callable[..., Any], engine: AsyncEngine

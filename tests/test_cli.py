@@ -14,8 +14,9 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncEngine
 
+from partner_gateway.db import create_database
 from tests.conftest import make_settings
 from tests.processes import free_port
 
@@ -156,13 +157,12 @@ class TestPurgeLoop:
 
         monkeypatch.setattr(maintenance, "purge_expired", failing)
         monkeypatch.setattr(maintenance.logger, "warning", lambda *a, **k: None)
-        engine = create_async_engine(_unreachable_url())
+        settings = make_settings(_unreachable_url())
+        database = create_database(settings, _unreachable_url())
         try:
-            await maintenance.purge_every(
-                engine, settings=make_settings(_unreachable_url()), every=1e-9, stop=stop
-            )
+            await maintenance.purge_every(database, settings=settings, every=1e-9, stop=stop)
         finally:
-            await engine.dispose()
+            await database.close()
         assert attempts == 2100
 
 

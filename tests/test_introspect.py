@@ -10,6 +10,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from partner_gateway.betlink import service
+from partner_gateway.db import Database
 from tests.conftest import GATEWAY_HEADERS
 from tests.helpers import authenticate, launch
 
@@ -59,11 +60,12 @@ class TestIntrospect:
         assert response.json() == {"active": False}
 
     async def test_expiry_is_decided_by_the_time_given(
-        self, client: httpx.AsyncClient, engine: AsyncEngine
+        self, client: httpx.AsyncClient, engine: AsyncEngine, database: Database
     ) -> None:
         answer = await live_token(client)
         async with engine.connect() as conn:
             expires = (await conn.execute(text("SELECT session_expires_at FROM user_sessions"))).scalar_one()
+        async with database.statement() as conn:
             token = answer["operatorSessionToken"]
             assert await service.introspect(conn, token=token, now=expires - timedelta(seconds=1)) is not None
             assert await service.introspect(conn, token=token, now=expires) is None

@@ -15,8 +15,8 @@ import httpx
 import pytest
 import respx
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy.ext.asyncio import AsyncEngine
 
+from partner_gateway.db import Database
 from partner_gateway.logs import REDACTED, Redactor, configure_logging, redactor
 from tests.conftest import BETLINK_KEY, ENCRYPTION_KEY, GATEWAY_HEADERS, GATEWAY_KEY, app_of
 from tests.helpers import auth_headers, authenticate, launch
@@ -193,8 +193,8 @@ class TestOverload:
     async def test_pool_exhaustion_answers_fast_503s(self, make_client: Callable[..., Any]) -> None:
         client = await make_client(db_pool_size=1, db_max_overflow=0, db_timeout_seconds=1)
         session = await launch(client)
-        engine: AsyncEngine = app_of(client).state.engine
-        async with engine.connect():  # a slow request holding the pool's only connection
+        database: Database = app_of(client).state.database
+        async with database.statement():  # a slow request holding the pool's only connection
             started = time.monotonic()
             queued_session, queued_auth = await asyncio.gather(
                 client.post("/betlink/session", headers={**GATEWAY_HEADERS, "X-User-Id": "p"}),

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from partner_gateway.db import Database
 from partner_gateway.security import key_label
 from tests.conftest import GATEWAY_HEADERS, GATEWAY_KEY
 from tests.helpers import authenticate, failure, launch
@@ -238,19 +239,18 @@ class TestPseudonymsWithBlocking:
 
 class TestBlockLandingDuringAnExchange:
     async def test_an_exchange_queued_behind_a_block_answers_user_blocked(
-        self, client: httpx.AsyncClient, engine: AsyncEngine
+        self, client: httpx.AsyncClient, database: Database
     ) -> None:
         from partner_gateway import store
         from partner_gateway.db import utc_now
 
         session = await launch(client)
-        async with engine.connect() as blocker:
+        async with database.transaction() as blocker:
             # The block has revoked the session (row locked) but not yet committed.
             await store.set_blocked(blocker, user_id="player-1", blocked=True, actor="test", now=utc_now())
             exchange = asyncio.create_task(authenticate(client, session))
             await asyncio.sleep(0.3)
             assert not exchange.done()
-            await blocker.commit()
         response = await exchange
         assert response.status_code == 400
         assert response.json() == failure("USER_BLOCKED", "the player is blocked")

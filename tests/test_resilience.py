@@ -45,6 +45,23 @@ class TestKilledConnections:
         assert statuses.count(201) >= 4
         assert set(statuses) <= {201, 503}
 
+    async def test_with_pre_ping_not_even_one_request_fails(
+        self, make_client: Callable[..., Any], engine: AsyncEngine
+    ) -> None:
+        client: httpx.AsyncClient = await make_client(db_pool_size=3, db_pool_pre_ping=True)
+        for _ in range(3):
+            assert (await client.post("/betlink/session", headers=SESSION)).status_code == 201
+        async with engine.connect() as conn:
+            await conn.execute(
+                text(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                    "WHERE application_name = 'partner-gateway' AND pid <> pg_backend_pid()"
+                )
+            )
+        await asyncio.sleep(0.2)  # the backends are gone
+        statuses = [(await client.post("/betlink/session", headers=SESSION)).status_code for _ in range(5)]
+        assert statuses == [201] * 5
+
 
 class TestDatabaseComesBack:
     async def test_answers_503_while_down_and_recovers_without_a_restart(self, tmp_path: Path) -> None:

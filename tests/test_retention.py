@@ -9,7 +9,7 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from partner_gateway.config import Settings
-from partner_gateway.db import utc_now
+from partner_gateway.db import Database, utc_now
 from partner_gateway.maintenance import purge_expired, session_cutoff
 
 
@@ -43,30 +43,32 @@ async def _count(engine: AsyncEngine, table: str) -> int:
 
 class TestPurge:
     async def test_deletes_only_expired_rows_in_batches(
-        self, engine: AsyncEngine, settings: Settings
+        self, engine: AsyncEngine, settings: Settings, database: Database
     ) -> None:
         await _seed(engine, expired=250, live=30, settings=settings)
-        purged = await purge_expired(engine, settings=settings, now=utc_now(), batch=100)
+        purged = await purge_expired(database, settings=settings, now=utc_now(), batch=100)
         assert (purged.keys, purged.sessions) == (250, 250)
         assert await _count(engine, "idempotency_keys") == 30
         assert await _count(engine, "user_sessions") == 30
 
     async def test_several_replicas_at_once_split_the_work(
-        self, engine: AsyncEngine, settings: Settings
+        self, engine: AsyncEngine, settings: Settings, database: Database
     ) -> None:
         await _seed(engine, expired=600, live=10, settings=settings)
         results = await asyncio.gather(
-            *(purge_expired(engine, settings=settings, now=utc_now(), batch=50) for _ in range(3))
+            *(purge_expired(database, settings=settings, now=utc_now(), batch=50) for _ in range(3))
         )
         assert sum(r.keys for r in results) == 600
         assert sum(r.sessions for r in results) == 600
         assert await _count(engine, "idempotency_keys") == 10
 
 
-async def test_a_set_stop_ends_the_purge_between_batches(engine: AsyncEngine, settings: Settings) -> None:
+async def test_a_set_stop_ends_the_purge_between_batches(
+    engine: AsyncEngine, settings: Settings, database: Database
+) -> None:
     await _seed(engine, expired=30, live=0, settings=settings)
     stop = asyncio.Event()
     stop.set()  # SIGTERM arrived: no further batch starts
-    purged = await purge_expired(engine, settings=settings, now=utc_now(), batch=10, stop=stop)
+    purged = await purge_expired(database, settings=settings, now=utc_now(), batch=10, stop=stop)
     assert (purged.keys, purged.sessions) == (0, 0)
     assert await _count(engine, "idempotency_keys") == 30

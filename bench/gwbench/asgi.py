@@ -3,8 +3,10 @@
 `service` builds the service exactly as `partner-gateway serve` does (settings from the
 environment, structured logging, secrets registered with the redactor, `create_app`); it is
 used for several worker processes while the CLI has no `--workers` option. `trivial` is the
-ceiling for the HTTP stack: one FastAPI endpoint, nothing else. `sandbox` stands in for
-`partner-gateway bidpaw-sandbox` when the CLI does not have that command yet.
+ceiling for the HTTP stack: one FastAPI endpoint, nothing else. `floor` is the hand-written
+floor (gwbench/floor.py): the service's SQL behind minimal endpoints on a bare asyncpg pool.
+`sandbox` stands in for `partner-gateway bidpaw-sandbox` when the CLI does not have that command
+yet.
 """
 
 from __future__ import annotations
@@ -33,6 +35,12 @@ def trivial() -> FastAPI:
         return {"status": "ok"}
 
     return app
+
+
+def floor() -> FastAPI:
+    from gwbench.floor import floor_app
+
+    return floor_app()
 
 
 def sandbox() -> Starlette:

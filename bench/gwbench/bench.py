@@ -92,6 +92,7 @@ class Bench:
         self._pg: Postgres | None = None
         self.trivial_servers: dict[int, Server] = {}
         self.services: dict[int, Server] = {}
+        self.floors: dict[int, Server] = {}
         self.sandbox: Server | None = None
         self.direct_file: Path | None = None
         self.replay_file: Path | None = None
@@ -125,6 +126,10 @@ class Bench:
             server = servers.launch_service(workers, env=self.service_env(), workdir=self.workdir)
             stack.callback(server.stop)
             self.services[workers] = server
+            if "floor" not in self.plan.skip:
+                floor = servers.launch_floor(workers, env=self.service_env(), workdir=self.workdir)
+                stack.callback(floor.stop)
+                self.floors[workers] = floor
 
     def ready(self) -> None:
         for workers, server in self.trivial_servers.items():
@@ -142,6 +147,9 @@ class Bench:
         for workers, server in self.services.items():
             server.ready()
             self.out.launches[f"service, {workers} worker(s)"] = server.how
+        for workers, server in self.floors.items():
+            server.ready()
+            self.out.launches[f"hand-written floor, {workers} worker(s)"] = server.how
 
     def service_env(self) -> dict[str, str]:
         return servers.service_env(
@@ -414,8 +422,36 @@ class Bench:
         if bidpaw and not self.plan.quick:
             self.load.run(Scenario("proxy"), port=server.port, connections=top, seconds=self.plan.warmup)
 
+    def floor(self, workers: int) -> None:
+        """The hand-written floor at this worker count, just before the service: ratios from
+        neighbouring runs of one benchmark."""
+        server = self.floors.get(workers)
+        if server is None:
+            return
+        log(f"hand-written floor: {workers} worker(s), pid {server.pid}; warming up")
+        top = max(self.plan.clients)
+        self.load.run(Scenario("pair"), port=server.port, connections=top, seconds=self.plan.warmup)
+        for key, scenario, unit in (
+            ("floor-session", Scenario("session"), "rps"),
+            ("floor-pair", Scenario("pair"), "pairs/s"),
+        ):
+            for clients in self.plan.clients:
+                row = self._http_run(
+                    key,
+                    scenario,
+                    server=server,
+                    clients=clients,
+                    workers=workers,
+                    app=server.processes,
+                    section="ceiling",
+                    unit=unit,
+                )
+                self.out.rows.append(row)
+        server.stop()
+
     def service_matrix(self) -> None:
         for workers, server in self.services.items():
+            self.floor(workers)
             bidpaw = self._bidpaw_ready(server)
             log(f"service: {workers} worker(s), pid {server.pid}; warming up")
             self._warm(server, bidpaw=bidpaw)

@@ -22,8 +22,8 @@ import re
 import secrets
 import shutil
 import signal
-import statistics
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -194,20 +194,18 @@ async def bounds_options(url: str, *, seconds: float) -> dict[str, float]:
     The single statement is /betlink/session's insert; the transaction is that insert, the
     authenticate claim and the exchange (three statements, as a replay-free authenticate).
     """
-    from sqlalchemy import text
-
     from partner_gateway import store
     from partner_gateway.config import Settings
-    from partner_gateway.db import Database, create_engine, session_bounds, utc_now
+    from partner_gateway.db import Statement, create_database, session_bounds, utc_now
 
     settings = Settings(
         _env_file=None, database_url=url, db_pooler="pgbouncer", db_pool_size=OPTION_CONCURRENCY
     )
-    engine = create_engine(settings, url)
-    database = Database(engine, timeout=settings.db_timeout_seconds)
+    database = create_database(settings, url)
     bounds = session_bounds(settings)
-    set_local = text(
-        "SELECT " + ", ".join(f"set_config('{name}', '{value}', true)" for name, value in bounds.items())
+    set_local = Statement(
+        "set_local",
+        "SELECT " + ", ".join(f"set_config('{name}', '{value}', true)" for name, value in bounds.items()),
     )
 
     async def statement(conn: Any) -> None:
@@ -282,7 +280,7 @@ async def bounds_options(url: str, *, seconds: float) -> dict[str, float]:
             seconds=seconds,
         ) | await _begin_options(url, bounds, seconds=seconds)
     finally:
-        await engine.dispose()
+        await database.close()
 
 
 ROUNDS = 5

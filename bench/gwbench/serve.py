@@ -1,6 +1,6 @@
 """Serve one of gwbench.asgi's factories with uvicorn, configured as `partner-gateway serve` does.
 
-python bench/gwbench/serve.py {service,trivial,sandbox} --port P [--workers N]
+python bench/gwbench/serve.py {service,trivial,floor,sandbox} --port P [--workers N]
 """
 
 from __future__ import annotations
@@ -16,11 +16,15 @@ def main(argv: list[str]) -> None:
     import uvicorn
 
     parser = argparse.ArgumentParser()
-    parser.add_argument("app", choices=["service", "trivial", "sandbox"])
+    parser.add_argument("app", choices=["service", "trivial", "floor", "sandbox"])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--workers", type=int, default=1)
     args = parser.parse_args(argv)
+    try:
+        from partner_gateway.cli import UVICORN_OPTIONS as options
+    except ImportError:  # an older service: the options its CLI had then
+        options = {"log_config": None, "access_log": False, "timeout_graceful_shutdown": 10}
     uvicorn.run(
         f"gwbench.asgi:{args.app}",
         factory=True,
@@ -28,11 +32,7 @@ def main(argv: list[str]) -> None:
         host=args.host,
         port=args.port,
         workers=args.workers,
-        # The options of partner_gateway.cli.serve:
-        log_config=None,
-        access_log=False,
-        timeout_graceful_shutdown=10,
-        server_header=False,
+        **{**options, "server_header": False},  # the options of `partner-gateway serve`
     )
 
 

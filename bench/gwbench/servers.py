@@ -169,6 +169,22 @@ def launch_trivial(workers: int, *, workdir: Path) -> Server:
     )
 
 
+def launch_floor(workers: int, *, env: Mapping[str, str], workdir: Path) -> Server:
+    """The hand-written floor (gwbench/floor.py), served like the service: same server, options, workers."""
+    port = free_port()
+    command = [sys.executable, str(SERVE_SCRIPT), "floor", "--port", str(port), "--workers", str(workers)]
+    return Server(
+        f"the hand-written floor ({workers} worker(s))",
+        command,
+        cwd=workdir,
+        env=env,
+        log=workdir / f"floor-{workers}w.log",
+        port=port,
+        workers=workers,
+        how="uvicorn on a factory, with the options of partner-gateway serve",
+    )
+
+
 def launch_sandbox(*, keys: Secrets, workdir: Path) -> Server:
     port = free_port()
     env = clean_environ()

@@ -1,7 +1,7 @@
 """The SQL of the two hot endpoints, taken from partner_gateway.store, as pgbench scripts.
 
 Which statements: the ones the running service sent for one request of each kind (the
-round-trip audit, gwbench.audit), matched by text against the store's `text()` objects; without
+round-trip audit, gwbench.audit), matched by text against the store's statements; without
 an audit, the first of CANDIDATES that the store has; failing both, the bench stops and says
 so. So the ceilings follow the code: merge two statements into one and
 pgbench runs the merged one too.
@@ -61,12 +61,11 @@ def normalized(sql: str) -> str:
 
 
 def store_statements() -> dict[str, str]:
-    """Every text() statement of partner_gateway.store, by attribute name."""
-    from sqlalchemy.sql.elements import TextClause
-
+    """Every statement of partner_gateway.store (`:name` binds, as written), by attribute name."""
     from partner_gateway import store
+    from partner_gateway.db import Statement
 
-    return {name: value.text for name, value in vars(store).items() if isinstance(value, TextClause)}
+    return {name: value.text for name, value in vars(store).items() if isinstance(value, Statement)}
 
 
 _CONTROL = re.compile(r"^\s*(begin|commit|rollback|;)", re.IGNORECASE)

@@ -222,15 +222,15 @@ def migrate(settings: Settings, *, local: bool) -> None:
 def purge(settings: Settings, *, local: bool, batch: int, every: float | None) -> None:
     import asyncio
 
-    from partner_gateway.db import create_engine, describe_failure, utc_now
+    from partner_gateway.db import create_database, describe_failure, utc_now
     from partner_gateway.maintenance import purge_every, purge_expired
 
     async def once(url: str) -> None:
-        engine = create_engine(settings, url)
+        database = create_database(settings, url)
         try:
-            purged = await purge_expired(engine, settings=settings, now=utc_now(), batch=batch)
+            purged = await purge_expired(database, settings=settings, now=utc_now(), batch=batch)
         finally:
-            await engine.dispose()
+            await database.close()
         logger.info("purge.done", keys=purged.keys, sessions=purged.sessions)
 
     async def forever(url: str, every: float) -> None:
@@ -238,11 +238,11 @@ def purge(settings: Settings, *, local: bool, batch: int, every: float | None) -
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
-        engine = create_engine(settings, url)
+        database = create_database(settings, url)
         logger.info("purge.started", every_s=every)
         try:
             await purge_every(
-                engine,
+                database,
                 settings=settings,
                 every=every,
                 stop=stop,
@@ -250,7 +250,7 @@ def purge(settings: Settings, *, local: bool, batch: int, every: float | None) -
                 on_failure=lambda exc: describe_failure(exc, url),
             )
         finally:
-            await engine.dispose()
+            await database.close()
         logger.info("purge.stopped")
 
     with database(settings, local=local) as bound:

@@ -1,11 +1,23 @@
-"""Engine, metadata and the one-transaction-per-request dependency."""
+"""The schema's metadata (SQLAlchemy, for the models and Alembic) and the request path's database.
+
+The request path runs on asyncpg directly: SQLAlchemy's `AsyncConnection` cost half the
+service's throughput for identical SQL (bench/README.md). `Database` owns a small pool of
+asyncpg connections and hands out `Connection`s that run the store's `Statement`s.
+
+How connections are opened and transactions begun is one object chosen at start-up, a
+`ConnectionMode`: straight to PostgreSQL, the timeouts and the isolation level travel as the
+connection's start-up parameters. A transaction pooler (PgBouncer) refuses those; a mode for
+it carries them another way (the role's defaults) and turns the statement cache off.
+"""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
-from contextlib import AbstractAsyncContextManager, asynccontextmanager
-from dataclasses import dataclass
+import re
+from collections import deque
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, nullcontext
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -14,7 +26,6 @@ from fastapi import Depends, Request
 from sqlalchemy import MetaData
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 from sqlalchemy.orm import DeclarativeBase
 
 from partner_gateway.config import Settings
@@ -27,9 +38,10 @@ NAMING_CONVENTION = {
     "pk": "pk_%(table_name)s",
 }
 
-
 # The single waits fire first (clean errors); the deadline catches their sum.
 DEADLINE_GRACE_SECONDS = 1.0
+# Connections are replaced after this long, as SQLAlchemy's pool_recycle did.
+MAX_CONNECTION_AGE_SECONDS = 1800.0
 APPLICATION_NAME = "partner-gateway"
 
 
@@ -41,11 +53,78 @@ def utc_now() -> datetime:
     return datetime.now(UTC)
 
 
+_BIND = re.compile(r"(?<![:\w\\]):(\w+)(?!:)")  # `:name`, not a `::` cast
+
+
+@dataclass(frozen=True)
+class Statement:
+    """One SQL statement of the store: written with `:name` binds, sent with `$n` ones."""
+
+    name: str
+    text: str  # as written, with `:name` binds (the bench reads these)
+    sql: str = field(init=False)  # as sent
+    params: tuple[str, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        order: list[str] = []
+
+        def number(match: re.Match[str]) -> str:
+            if match.group(1) not in order:
+                order.append(match.group(1))
+            return f"${order.index(match.group(1)) + 1}"
+
+        object.__setattr__(self, "sql", _BIND.sub(number, self.text))
+        object.__setattr__(self, "params", tuple(order))
+
+    def args(self, values: dict[str, Any]) -> list[Any]:
+        return [values[name] for name in self.params]
+
+
+# Opt-in tracing wraps each statement in a span; off, nothing is wrapped.
+StatementObserver = Callable[[Statement], AbstractContextManager[object]]
+_UNOBSERVED = nullcontext()
+
+
+class Connection:
+    """What the store runs statements on: a pooled asyncpg connection, inside the request's bounds."""
+
+    __slots__ = ("_observe", "_raw")
+
+    def __init__(self, raw: asyncpg.Connection, observe: StatementObserver | None) -> None:
+        self._raw = raw
+        self._observe = observe
+
+    def _span(self, statement: Statement) -> AbstractContextManager[object]:
+        return _UNOBSERVED if self._observe is None else self._observe(statement)
+
+    async def fetch(self, statement: Statement, **values: Any) -> list[asyncpg.Record]:
+        with self._span(statement):
+            rows: list[asyncpg.Record] = await self._raw.fetch(statement.sql, *statement.args(values))
+        return rows
+
+    async def fetchrow(self, statement: Statement, **values: Any) -> asyncpg.Record | None:
+        with self._span(statement):
+            return await self._raw.fetchrow(statement.sql, *statement.args(values))
+
+    async def fetchval(self, statement: Statement, **values: Any) -> Any:
+        with self._span(statement):
+            return await self._raw.fetchval(statement.sql, *statement.args(values))
+
+    async def execute(self, statement: Statement, **values: Any) -> int:
+        """Run a statement for its effect; the number of rows it touched."""
+        with self._span(statement):
+            status: str = await self._raw.execute(statement.sql, *statement.args(values))
+        count = status.rsplit(" ", 1)[-1]
+        return int(count) if count.isdigit() else 0
+
+
 def session_bounds(settings: Settings) -> dict[str, str]:
     """What every server session must carry: the waits of DB_TIMEOUT_SECONDS and READ COMMITTED.
 
     A lock wait (a duplicate request queued behind the first one's row lock) and a statement
-    give up after the timeout; a transaction left idle is ended by the server.
+    give up after the timeout; a transaction left idle is ended by the server. Isolation is
+    pinned whatever the database's default: a stricter level turns the waits the store relies
+    on into serialization failures.
     """
     millis = int(settings.db_timeout_seconds * 1000)
     return {
@@ -58,19 +137,23 @@ def session_bounds(settings: Settings) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class ConnectionMode:
-    """How this process connects: straight to PostgreSQL, or through PgBouncer (DB_POOLER).
+    """How this process connects and begins transactions: the one thing that differs by mode.
 
-    Chosen once at start-up; everything else is the same in both modes. `role_defaults` are
-    what `migrate` writes as the role's defaults in the database (`ALTER ROLE ... IN DATABASE
-    ... SET`), for the mode where the session bounds cannot travel with the connection.
+    Chosen once at start-up (`connection_mode`); everything else is the same in every mode.
+    `begin` names the isolation level itself, so a transaction is READ COMMITTED even where
+    the start-up parameters could not travel. `role_defaults` are what `migrate` would write as
+    the role's defaults, for a mode (a transaction pooler) where the bounds cannot travel with
+    the connection; none when connecting directly.
     """
 
     pooler: str
-    server_settings: dict[str, str]
+    server_settings: dict[str, str]  # start-up parameters
     statement_cache_size: int
-    role_defaults: dict[str, str]
+    role_defaults: dict[str, str] = field(default_factory=dict)
+    begin: str = "BEGIN ISOLATION LEVEL READ COMMITTED"
 
     def connect_args(self, *, timeout: float) -> dict[str, Any]:
+        """asyncpg's connect arguments (the request path's pool, and Alembic's engine)."""
         return {
             "timeout": timeout,
             # Longer than the request deadline (timeout + 1 s), which is then what fires first.
@@ -81,6 +164,9 @@ class ConnectionMode:
 
 
 def connection_mode(settings: Settings) -> ConnectionMode:
+    """DB_POOLER's mode. Straight to PostgreSQL, every bound and the isolation level are start-up
+    parameters, so they hold for single statements (autocommit) as well as transactions, at no
+    round trip."""
     bounds = session_bounds(settings)
     if settings.db_pooler == "pgbouncer":
         # PgBouncer in transaction mode refuses these as start-up parameters (and with
@@ -88,7 +174,8 @@ def connection_mode(settings: Settings) -> ConnectionMode:
         # which every server connection it opens starts with. It hands each transaction to
         # any server connection: a named prepared statement (asyncpg's statement cache) would
         # meet another client's, and return that one's results. With the cache off asyncpg
-        # re-parses its unnamed statement in the same round trip as each execution.
+        # re-parses its unnamed statement in the same round trip as each execution. Each
+        # BEGIN still names READ COMMITTED.
         return ConnectionMode(
             pooler="pgbouncer",
             server_settings={"application_name": APPLICATION_NAME},
@@ -98,29 +185,127 @@ def connection_mode(settings: Settings) -> ConnectionMode:
     return ConnectionMode(
         pooler="none",
         server_settings={"application_name": APPLICATION_NAME, **bounds},
-        statement_cache_size=100,  # asyncpg's default
-        role_defaults={},
+        statement_cache_size=100,  # asyncpg's default: statements are prepared once per connection
     )
 
 
-def create_engine(settings: Settings, url: str) -> AsyncEngine:
-    """An engine whose every wait is bounded by DB_TIMEOUT_SECONDS.
+def asyncpg_dsn(url: str) -> str:
+    """A plain postgresql:// DSN for asyncpg from the service's SQLAlchemy-style URL."""
+    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
 
-    The pool wait and the connect give up after the timeout, each statement and lock wait
-    after the server-side bounds of `session_bounds`, so an overloaded or absent database
-    becomes a fast, retryable 503 instead of a hung request.
+
+class Pool:
+    """A minimal pool of asyncpg connections.
+
+    asyncpg's own pool sends a reset query (`RESET ALL`, `UNLISTEN *`, ...) on every release,
+    which cost 20-35 % of the authenticate transaction's throughput. Nothing here needs it: no
+    session state is ever changed, and `Database` returns a connection only after COMMIT or
+    ROLLBACK answered; anything else (a cut, a cancel, a broken connection) is discarded.
     """
-    timeout = settings.db_timeout_seconds
-    return create_async_engine(
-        url,
-        pool_size=settings.db_pool_size,
-        max_overflow=settings.db_max_overflow,
-        pool_timeout=timeout,
-        pool_pre_ping=settings.db_pool_pre_ping,
-        pool_recycle=1800,
-        hide_parameters=True,
-        connect_args=connection_mode(settings).connect_args(timeout=timeout),
-    )
+
+    def __init__(
+        self,
+        *,
+        dsn: str,
+        size: int,
+        connect_timeout: float,
+        mode: ConnectionMode,
+        pre_ping: bool = False,
+        keep: int | None = None,
+    ) -> None:
+        self._pre_ping = pre_ping
+        self._keep = size if keep is None else keep  # idle connections kept; the rest are overflow
+        self.size = size
+        self._dsn = dsn
+        self._connect_timeout = connect_timeout
+        self._mode = mode
+        self._slots = asyncio.Semaphore(size)
+        self._idle: deque[tuple[asyncpg.Connection, float]] = deque()
+        self._born: dict[int, float] = {}
+        self.in_use = 0
+
+    @property
+    def idle(self) -> int:
+        return len(self._idle)
+
+    async def acquire(self) -> asyncpg.Connection:
+        await self._slots.acquire()
+        try:
+            conn = await self._pinged(self._reuse()) or await self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
+        self.in_use += 1
+        return conn
+
+    def _reuse(self) -> asyncpg.Connection | None:
+        now = asyncio.get_running_loop().time()
+        while self._idle:
+            conn, born = self._idle.pop()  # the most recently used: warm caches, fewer connections
+            if not conn.is_closed() and now - born < MAX_CONNECTION_AGE_SECONDS:
+                return conn
+            self._discard(conn)
+        return None
+
+    async def _pinged(self, conn: asyncpg.Connection | None) -> asyncpg.Connection | None:
+        """DB_POOL_PRE_PING: a round trip proves a reused connection alive before a request uses it."""
+        if conn is None or not self._pre_ping:
+            return conn
+        try:
+            await conn.execute("SELECT 1")
+        except BROKEN_CONNECTION:
+            self._discard(conn)
+            self._discard_idle()
+            return None
+        return conn
+
+    async def _connect(self) -> asyncpg.Connection:
+        conn: asyncpg.Connection = await asyncpg.connect(
+            self._dsn, **self._mode.connect_args(timeout=self._connect_timeout)
+        )
+        self._born[id(conn)] = asyncio.get_running_loop().time()
+        return conn
+
+    def release(self, conn: asyncpg.Connection, *, reusable: bool) -> None:
+        self.in_use -= 1
+        if conn.is_closed():
+            # It broke under a request (the server restarted, or terminated it): its idle
+            # siblings most likely did too, and would each fail a request before being noticed.
+            self._born.pop(id(conn), None)
+            self._discard_idle()
+        elif reusable and len(self._idle) < self._keep:
+            self._idle.append((conn, self._born.get(id(conn), 0.0)))
+        else:
+            self._discard(conn)
+        self._slots.release()
+
+    def _discard_idle(self) -> None:
+        while self._idle:
+            self._discard(self._idle.pop()[0])
+
+    def _discard(self, conn: asyncpg.Connection) -> None:
+        self._born.pop(id(conn), None)
+        conn.terminate()
+
+    async def close(self) -> None:
+        while self._idle:
+            conn, _ = self._idle.pop()
+            self._born.pop(id(conn), None)
+            try:
+                await asyncio.wait_for(conn.close(), timeout=self._connect_timeout)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()
+
+
+# A connection that raised one of these is not used again. InternalClientError: asyncpg's
+# protocol found itself in an impossible state, as when the server terminated the connection
+# while it sat idle in the pool (its farewell arrives unasked, before the next query).
+BROKEN_CONNECTION: tuple[type[Exception], ...] = (
+    OSError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.InterfaceError,
+    asyncpg.InternalClientError,
+)
 
 
 class Database:
@@ -130,59 +315,91 @@ class Database:
     `statement()`: a connection in autocommit for a request whose work is a single statement,
     which is then its own transaction: no BEGIN and COMMIT round trips.
 
-    Each wait is bounded on its own (pool, connect, lock, statement); the deadline bounds their
-    sum, so a request never waits on the database much longer than DB_TIMEOUT_SECONDS.
+    Each wait is bounded on its own: the pool wait and the connect by DB_TIMEOUT_SECONDS, each
+    statement and each lock wait by the server's timeouts. The deadline bounds their sum, so a
+    request never waits on the database much longer than DB_TIMEOUT_SECONDS.
     """
 
-    def __init__(self, engine: AsyncEngine, *, timeout: float) -> None:
-        self.engine = engine
-        self._autocommit = engine.execution_options(isolation_level="AUTOCOMMIT")
+    def __init__(
+        self, pool: Pool, *, mode: ConnectionMode, timeout: float, observe: StatementObserver | None = None
+    ) -> None:
+        self.pool = pool
+        self.mode = mode
+        self._timeout = timeout
         self._deadline = timeout + DEADLINE_GRACE_SECONDS
+        self._observe = observe
 
-    def transaction(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        return self._bounded(self.engine, transaction=True)
+    def observe(self, observer: StatementObserver) -> None:
+        self._observe = observer
 
-    def statement(self) -> AbstractAsyncContextManager[AsyncConnection]:
-        return self._bounded(self._autocommit, transaction=False)
+    def transaction(self) -> AbstractAsyncContextManager[Connection]:
+        return self._bounded(transaction=True)
+
+    def statement(self) -> AbstractAsyncContextManager[Connection]:
+        return self._bounded(transaction=False)
 
     @asynccontextmanager
-    async def _bounded(self, engine: AsyncEngine, *, transaction: bool) -> AsyncIterator[AsyncConnection]:
+    async def _bounded(self, *, transaction: bool) -> AsyncIterator[Connection]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadline
-        async with asyncio.timeout_at(deadline):
-            conn = await engine.connect()
-        # Past the deadline the connection is cut, not cancelled: a cancelled statement makes
-        # SQLAlchemy close the connection gracefully, which waits up to 2 s more on a server
-        # that stopped answering. Cut, the statement in flight fails at once as a disconnect
-        # (a 503), and the server rolls back the transaction of a connection that went away.
-        cut: asyncio.TimerHandle | None = None
+        async with asyncio.timeout(self._timeout):
+            raw = await self.pool.acquire()
+        # Past the deadline the connection is cut, not cancelled: the statement in flight fails
+        # at once as a disconnect (a 503), and the server rolls back the transaction of a
+        # connection that went away. A cancel would wait on a server that stopped answering.
+        cut = loop.call_at(deadline, raw.terminate)
+        reusable = False
         try:
-            driver = (await conn.get_raw_connection()).driver_connection
-            assert driver is not None
-            cut = loop.call_at(deadline, driver.terminate)
             if transaction:
-                await conn.begin()
-            yield conn
+                await raw.execute(self.mode.begin)
+            yield Connection(raw, self._observe)
             if transaction:
-                await conn.commit()
+                await raw.execute("COMMIT")
+            reusable = True
+        except BROKEN_CONNECTION:
+            raw.terminate()  # unusable, whatever state asyncpg thinks it is in
+            raise
+        except Exception:
+            reusable = await self._rolled_back(raw)
+            raise
         finally:
-            try:
-                await conn.close()  # rolls back a transaction still open
-            finally:
-                if cut is not None:
-                    cut.cancel()
+            cut.cancel()
+            self.pool.release(raw, reusable=reusable)
+
+    async def _rolled_back(self, raw: asyncpg.Connection) -> bool:
+        """After an error: True when the connection is clean again (its transaction rolled back)."""
+        if raw.is_closed():
+            return False
+        if not raw.is_in_transaction():
+            return True
+        try:
+            await raw.execute("ROLLBACK")
+        except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+            return False
+        return True
+
+    async def close(self) -> None:
+        await self.pool.close()
 
 
-async def database_of(request: Request) -> Database:
-    database: Database = request.app.state.database
-    return database
+def create_database(settings: Settings, url: str, *, mode: ConnectionMode | None = None) -> Database:
+    """The request path's database, every wait bounded by DB_TIMEOUT_SECONDS (nothing connects yet)."""
+    timeout = settings.db_timeout_seconds
+    mode = mode or connection_mode(settings)
+    pool = Pool(
+        dsn=asyncpg_dsn(url),
+        size=settings.db_pool_size + settings.db_max_overflow,
+        keep=settings.db_pool_size,  # DB_MAX_OVERFLOW connections are closed once returned
+        connect_timeout=timeout,
+        mode=mode,
+        pre_ping=settings.db_pool_pre_ping,
+    )
+    return Database(pool, mode=mode, timeout=timeout)
 
 
-DatabaseDep = Annotated[Database, Depends(database_of)]
-
-
-# What a database that is down, unreachable, refusing or failing raises through SQLAlchemy or
-# asyncpg: what the long-running `purge --every` survives and what the CLI reports in one line.
+# What a database that is down, unreachable, refusing or failing raises through SQLAlchemy
+# (migrations) or asyncpg: what the long-running `purge --every` survives and what the CLI
+# reports in one line.
 DATABASE_ERRORS: tuple[type[BaseException], ...] = (
     OSError,
     TimeoutError,
@@ -206,3 +423,11 @@ def describe_failure(exc: BaseException, url: str) -> str:
     if location.password:
         message = message.replace(location.password, "***")
     return f"database at {host}:{location.port or 5432}: {type(cause).__name__}: {message}"
+
+
+async def database_of(request: Request) -> Database:
+    database: Database = request.app.state.database
+    return database
+
+
+DatabaseDep = Annotated[Database, Depends(database_of)]

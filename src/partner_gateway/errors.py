@@ -10,11 +10,10 @@ import logging
 from http import HTTPStatus
 from typing import Any, ClassVar
 
+import asyncpg
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DBAPIError, SQLAlchemyError
-from sqlalchemy.exc import TimeoutError as PoolTimeoutError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from partner_gateway.logs import get_logger
@@ -111,21 +110,23 @@ class BetLinkError(ServiceError):
         return self.STATUS_BY_CODE[self.code]
 
 
-# SQLSTATEs that mean "the database did not answer in time" rather than "our bug".
-_TIMEOUT_SQLSTATES = {"55P03", "57014", "57P01", "57P02", "57P03", "53300", "08000", "08003", "08006"}
+# SQLSTATEs that mean "the database could not answer now; retry" rather than "our bug": lock and
+# statement timeouts, shutdowns, too many connections, and the two conflicts a retry resolves,
+# serialization failure (40001) and deadlock (40P01). Class 08 (connection exceptions) too.
+_RETRYABLE_SQLSTATES = {"55P03", "57014", "57P01", "57P02", "57P03", "53300", "40001", "40P01"}
 
 
 def is_database_unavailable(exc: BaseException) -> bool:
-    """Pool exhaustion, connect failures, lock/statement timeouts, dropped connections."""
-    if isinstance(exc, PoolTimeoutError | TimeoutError | OSError):
+    """Pool exhaustion, connect failures, lock/statement timeouts, dropped connections, conflicts."""
+    if isinstance(
+        exc, TimeoutError | OSError | asyncpg.PostgresConnectionError | asyncpg.InternalClientError
+    ):
         return True
-    if isinstance(exc, DBAPIError):
-        if exc.connection_invalidated:
-            return True
-        sqlstate = getattr(exc.orig, "sqlstate", None) or getattr(exc.orig, "pgcode", None)
-        if sqlstate in _TIMEOUT_SQLSTATES:
-            return True
-        return is_database_unavailable(exc.orig) if isinstance(exc.orig, BaseException) else False
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = exc.sqlstate or ""
+        return sqlstate in _RETRYABLE_SQLSTATES or sqlstate.startswith("08")
+    if isinstance(exc, asyncpg.InterfaceError):  # e.g. the connection was closed under a statement
+        return isinstance(exc, asyncpg.ConnectionDoesNotExistError) or "closed" in str(exc)
     cause = exc.__cause__
     return isinstance(cause, BaseException) and is_database_unavailable(cause)
 
@@ -203,7 +204,9 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
-    app.add_exception_handler(SQLAlchemyError, _database_error)
+    app.add_exception_handler(asyncpg.PostgresError, _database_error)
+    app.add_exception_handler(asyncpg.InterfaceError, _database_error)
+    app.add_exception_handler(asyncpg.InternalClientError, _database_error)
     app.add_exception_handler(OSError, _database_error)
     app.add_exception_handler(TimeoutError, _database_error)
     app.add_exception_handler(Exception, _unexpected)

@@ -77,10 +77,11 @@ def _render_exception(_logger: Any, _name: str, event: MutableMapping[str, Any])
     return structlog.processors.format_exc_info(_logger, _name, event)
 
 
-def configure_logging(*, level: str, fmt: str, stream: TextIO | None = None) -> None:
+def configure_logging(*, level: str, fmt: str, stream: TextIO | None = None, cache: bool = False) -> None:
     """Our lines go through structlog's own pipeline (no stdlib round trip: it is on every request's
     path); uvicorn's, SQLAlchemy's and Alembic's stdlib lines through a formatter with the same
-    processors, redactor and renderer, so both come out alike."""
+    processors, redactor and renderer, so both come out alike. `cache` keeps each logger once
+    built (a process configured once, at start-up); tests that reconfigure leave it off."""
     output = stream or sys.stdout
     shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
@@ -119,7 +120,7 @@ def configure_logging(*, level: str, fmt: str, stream: TextIO | None = None) -> 
         processors=[*shared, _logger_field, _render_exception, redactor, renderer],
         logger_factory=structlog.WriteLoggerFactory(output),
         wrapper_class=structlog.make_filtering_bound_logger(logging.getLevelNamesMapping()[level]),
-        cache_logger_on_first_use=False,
+        cache_logger_on_first_use=cache,
     )
 
 
@@ -137,5 +138,5 @@ def _logger_field(_logger: Any, _name: str, event: MutableMapping[str, Any]) -> 
 
 def setup_logging(settings: Settings) -> None:
     """A process's logging, as the settings ask, with every configured secret redacted."""
-    configure_logging(level=settings.log_level, fmt=settings.log_format)
+    configure_logging(level=settings.log_level, fmt=settings.log_format, cache=True)
     redactor.register(settings.secret_values)

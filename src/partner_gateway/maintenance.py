@@ -8,11 +8,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
 from partner_gateway import store
 from partner_gateway.config import Settings
-from partner_gateway.db import DATABASE_ERRORS, utc_now
+from partner_gateway.db import DATABASE_ERRORS, Connection, Database, utc_now
 from partner_gateway.logs import get_logger
 
 logger = get_logger(__name__)
@@ -34,7 +32,7 @@ def session_cutoff(settings: Settings, *, now: datetime) -> datetime:
 
 
 async def purge_expired(
-    engine: AsyncEngine,
+    database: Database,
     *,
     settings: Settings,
     now: datetime,
@@ -46,24 +44,24 @@ async def purge_expired(
     cutoff = session_cutoff(settings, now=now)
     stop = stop or asyncio.Event()
     keys = await _drain(
-        engine, lambda conn: store.purge_keys(conn, now=now, batch=batch), batch=batch, stop=stop
+        database, lambda conn: store.purge_keys(conn, now=now, batch=batch), batch=batch, stop=stop
     )
     sessions = await _drain(
-        engine, lambda conn: store.purge_sessions(conn, before=cutoff, batch=batch), batch=batch, stop=stop
+        database, lambda conn: store.purge_sessions(conn, before=cutoff, batch=batch), batch=batch, stop=stop
     )
     return Purged(keys=keys, sessions=sessions)
 
 
 async def _drain(
-    engine: AsyncEngine,
-    delete: Callable[[AsyncConnection], Awaitable[int]],
+    database: Database,
+    delete: Callable[[Connection], Awaitable[int]],
     *,
     batch: int,
     stop: asyncio.Event,
 ) -> int:
     total = 0
     while not stop.is_set():
-        async with engine.begin() as conn:
+        async with database.transaction() as conn:
             deleted = await delete(conn)
         total += deleted
         if deleted < batch:
@@ -78,7 +76,7 @@ MAX_BACKOFF_SECONDS = 60.0
 
 
 async def purge_every(
-    engine: AsyncEngine,
+    database: Database,
     *,
     settings: Settings,
     every: float,
@@ -91,7 +89,7 @@ async def purge_every(
     failures = 0
     while not stop.is_set():
         try:
-            purged = await purge_expired(engine, settings=settings, now=utc_now(), batch=batch, stop=stop)
+            purged = await purge_expired(database, settings=settings, now=utc_now(), batch=batch, stop=stop)
         except DATABASE_ERRORS as exc:
             failures += 1
             wait = min(every, MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** min(failures - 1, 16))

@@ -12,13 +12,12 @@ import os
 import platform
 import weakref
 from collections.abc import Iterator
+from typing import Protocol
 
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
-from sqlalchemy.ext.asyncio import AsyncEngine
-from sqlalchemy.pool import QueuePool
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -47,30 +46,37 @@ BUILD = Info("partner_gateway_build", "Version of the running service.")
 BUILD.info({"version": "0.1.0", "python": platform.python_version()})
 
 
+class PoolStats(Protocol):
+    @property
+    def in_use(self) -> int: ...
+
+    @property
+    def idle(self) -> int: ...
+
+
 class PoolCollector(Collector):
     """Connections of the database pool in use and idle, read at scrape time."""
 
     def __init__(self, *, labels: dict[str, str] | None = None) -> None:
-        self._engine: weakref.ref[AsyncEngine] | None = None
+        self._pool: weakref.ref[PoolStats] | None = None
         self._labels = labels or {}
 
-    def track(self, engine: AsyncEngine) -> None:
-        self._engine = weakref.ref(engine)
+    def track(self, pool: PoolStats) -> None:
+        self._pool = weakref.ref(pool)
 
     def collect(self) -> Iterator[GaugeMetricFamily]:
-        engine = self._engine() if self._engine is not None else None
-        pool = engine.sync_engine.pool if engine is not None else None
-        if not isinstance(pool, QueuePool):
+        pool = self._pool() if self._pool is not None else None
+        if pool is None:
             return
         names, values = list(self._labels), list(self._labels.values())
         in_use = GaugeMetricFamily(
             "partner_gateway_db_pool_in_use", "Pooled connections checked out.", labels=names
         )
-        in_use.add_metric(values, pool.checkedout())
+        in_use.add_metric(values, pool.in_use)
         idle = GaugeMetricFamily(
             "partner_gateway_db_pool_idle", "Pooled connections idle in the pool.", labels=names
         )
-        idle.add_metric(values, pool.checkedin())
+        idle.add_metric(values, pool.idle)
         yield in_use
         yield idle
 

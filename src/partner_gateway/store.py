@@ -1,6 +1,7 @@
 """All SQL. The races of the contract are decided here, each named where it is decided.
 
-Every function runs inside the caller's transaction (READ COMMITTED) and never commits.
+Every function runs inside the caller's transaction (READ COMMITTED, pinned by `db.ConnectionMode`)
+and never commits. Statements are `db.Statement`s, written with `:name` binds.
 """
 
 from __future__ import annotations
@@ -9,13 +10,14 @@ import uuid
 from dataclasses import dataclass
 from datetime import datetime
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncConnection
+from partner_gateway.db import Connection, Statement
 
 # Race: a block committing while a launch token is issued. The upsert takes the player's row
 # lock (DO UPDATE locks even when nothing changes) and RETURNING reads the newest committed
 # `blocked`, so the session is either refused here or already visible to the block's revocation.
-_CREATE_SESSION = text("""
+_CREATE_SESSION = Statement(
+    "create_session",
+    """
 WITH player AS (
     INSERT INTO players (user_id, blocked, updated_at) VALUES (:user_id, false, :now)
     ON CONFLICT (user_id) DO UPDATE SET blocked = players.blocked
@@ -24,30 +26,40 @@ WITH player AS (
 INSERT INTO user_sessions (user_id, launch_token_hash, launch_expires_at, created_at)
 SELECT :user_id, :token_hash, :expires_at, :now FROM player WHERE NOT player.blocked
 RETURNING id
-""")
+""",
+)
 
 
 async def create_session(
-    conn: AsyncConnection, *, user_id: str, token_hash: bytes, expires_at: datetime, now: datetime
+    conn: Connection, *, user_id: str, token_hash: bytes, expires_at: datetime, now: datetime
 ) -> bool:
     """Insert a user session with its launch token; False when the player is blocked."""
     params = {"user_id": user_id, "token_hash": token_hash, "expires_at": expires_at, "now": now}
-    result = await conn.execute(_CREATE_SESSION, params)
-    return result.first() is not None
+    return await conn.fetchrow(_CREATE_SESSION, **params) is not None
 
 
-# Two races are decided by this one statement (one round trip on the hot path):
+# Three races are decided by this one statement (one round trip on the hot path):
 # - Simultaneous requests with one idempotency key: the primary key decides. The first INSERT
 #   wins; the others wait on its transaction (bounded by lock_timeout), then insert nothing if
 #   it committed, or take the claim over if it rolled back (failures are not stored).
+# - A key past its life (expires_at passed, not purged yet) is taken over: DO UPDATE gives the
+#   row to this request as if new, so it is evaluated afresh and never replayed. Two requests
+#   taking one expired key over queue on its row lock; the second then sees the first's new
+#   expires_at and gets its answer. (DO UPDATE locks the row even when its WHERE is false, so a
+#   replay holds the key's row lock until it commits: replays of one key queue, briefly.)
 # - Simultaneous exchanges of one launch token under different keys: FOR UPDATE makes them
 #   queue on the session row; the first sets session_token_hash, the rest then see it used.
-# The session is looked at (and locked) only when the key was claimed: a replay locks nothing.
-_CLAIM_KEY_LOCK_SESSION = text("""
+# The session is looked at (and locked) only when the key was claimed: a replay locks no session.
+_CLAIM_KEY_LOCK_SESSION = Statement(
+    "claim_key_lock_session",
+    """
 WITH claim AS (
     INSERT INTO idempotency_keys (key, fingerprint, created_at, expires_at)
     VALUES (:key, :fingerprint, :now, :expires_at)
-    ON CONFLICT (key) DO NOTHING
+    ON CONFLICT (key) DO UPDATE
+        SET fingerprint = EXCLUDED.fingerprint, created_at = EXCLUDED.created_at,
+            expires_at = EXCLUDED.expires_at, response = NULL
+        WHERE idempotency_keys.expires_at <= EXCLUDED.created_at
     RETURNING key
 )
 SELECT EXISTS (SELECT FROM claim) AS claimed, session.*
@@ -60,9 +72,12 @@ LEFT JOIN LATERAL (
     WHERE s.launch_token_hash = :token_hash AND EXISTS (SELECT FROM claim)
     FOR UPDATE OF s
 ) AS session ON true
-""")
+""",
+)
 
-_PROCESSED_KEY = text("SELECT fingerprint, response FROM idempotency_keys WHERE key = :key")
+_PROCESSED_KEY = Statement(
+    "processed_key", "SELECT fingerprint, response FROM idempotency_keys WHERE key = :key"
+)
 
 
 @dataclass(frozen=True)
@@ -89,7 +104,7 @@ class Claim:
 
 
 async def claim_key(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     key: uuid.UUID,
     fingerprint: bytes,
@@ -105,37 +120,42 @@ async def claim_key(
         "now": now,
         "expires_at": expires_at,
     }
-    row = (await conn.execute(_CLAIM_KEY_LOCK_SESSION, params)).one()
-    if row.claimed:
+    row = await conn.fetchrow(_CLAIM_KEY_LOCK_SESSION, **params)
+    assert row is not None  # the statement always answers one row
+    if row["claimed"]:
         session = (
             None
-            if row.id is None
+            if row["id"] is None
             else LockedSession(
-                id=row.id,
-                user_id=row.user_id,
-                launch_expires_at=row.launch_expires_at,
-                revoked_at=row.revoked_at,
-                exchanged=row.exchanged,
-                blocked=row.blocked,
+                id=row["id"],
+                user_id=row["user_id"],
+                launch_expires_at=row["launch_expires_at"],
+                revoked_at=row["revoked_at"],
+                exchanged=row["exchanged"],
+                blocked=row["blocked"],
             )
         )
         return Claim(session=session)
     # A new statement takes a new snapshot, so it sees the winner's committed row.
-    processed = (await conn.execute(_PROCESSED_KEY, {"key": key})).one()
-    return ProcessedKey(fingerprint=processed.fingerprint, response=processed.response)
+    processed = await conn.fetchrow(_PROCESSED_KEY, key=key)
+    assert processed is not None
+    return ProcessedKey(fingerprint=processed["fingerprint"], response=processed["response"])
 
 
-_EXCHANGE = text("""
+_EXCHANGE = Statement(
+    "exchange",
+    """
 WITH exchanged AS (
     UPDATE user_sessions SET session_token_hash = :token_hash, session_expires_at = :expires_at
     WHERE id = :session_id
 )
 UPDATE idempotency_keys SET response = :response WHERE key = :key
-""")
+""",
+)
 
 
 async def record_exchange(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     session_id: int,
     token_hash: bytes,
@@ -151,56 +171,67 @@ async def record_exchange(
         "key": key,
         "response": response,
     }
-    await conn.execute(_EXCHANGE, params)
+    await conn.execute(_EXCHANGE, **params)
 
 
-_IS_BLOCKED = text("SELECT blocked FROM players WHERE user_id = :user_id")
+_IS_BLOCKED = Statement("is_blocked", "SELECT blocked FROM players WHERE user_id = :user_id")
 
 
-async def is_blocked(conn: AsyncConnection, *, user_id: str) -> bool:
-    return bool((await conn.execute(_IS_BLOCKED, {"user_id": user_id})).scalar())
+async def is_blocked(conn: Connection, *, user_id: str) -> bool:
+    return bool(await conn.fetchval(_IS_BLOCKED, user_id=user_id))
 
 
-_SCHEMA_REVISION = text("SELECT version_num FROM alembic_version")
+_SCHEMA_REVISION = Statement("schema_revision", "SELECT version_num FROM alembic_version")
 
 
-async def schema_revision(conn: AsyncConnection) -> str | None:
-    return (await conn.execute(_SCHEMA_REVISION)).scalar()
+async def schema_revision(conn: Connection) -> str | None:
+    revision: str | None = await conn.fetchval(_SCHEMA_REVISION)
+    return revision
 
 
-_SESSION_SETTINGS = text("SELECT name, setting FROM pg_settings WHERE name = ANY(:names)")
+_SESSION_SETTINGS = Statement(
+    "session_settings", "SELECT name, setting FROM pg_settings WHERE name = ANY(:names)"
+)
 
 
-async def session_settings(conn: AsyncConnection, names: list[str]) -> dict[str, str]:
+async def session_settings(conn: Connection, names: list[str]) -> dict[str, str]:
     """The server session's values of these settings, in their base unit (milliseconds)."""
-    rows = await conn.execute(_SESSION_SETTINGS, {"names": names})
-    return {row.name: row.setting for row in rows}
+    rows = await conn.fetch(_SESSION_SETTINGS, names=names)
+    return {row["name"]: row["setting"] for row in rows}
 
 
 # Purges take rows with SKIP LOCKED, so several replicas running `purge` at once split the
 # work instead of queueing on each other; each batch is its own short transaction.
-_PURGE_KEYS = text("""
+_PURGE_KEYS = Statement(
+    "purge_keys",
+    """
 DELETE FROM idempotency_keys WHERE key IN (
     SELECT key FROM idempotency_keys WHERE expires_at < :now LIMIT :batch FOR UPDATE SKIP LOCKED
 )
-""")
+""",
+)
 
-_PURGE_SESSIONS = text("""
+_PURGE_SESSIONS = Statement(
+    "purge_sessions",
+    """
 DELETE FROM user_sessions WHERE id IN (
     SELECT id FROM user_sessions WHERE created_at < :before LIMIT :batch FOR UPDATE SKIP LOCKED
 )
-""")
+""",
+)
 
 
-async def purge_keys(conn: AsyncConnection, *, now: datetime, batch: int) -> int:
-    return (await conn.execute(_PURGE_KEYS, {"now": now, "batch": batch})).rowcount
+async def purge_keys(conn: Connection, *, now: datetime, batch: int) -> int:
+    return await conn.execute(_PURGE_KEYS, now=now, batch=batch)
 
 
-async def purge_sessions(conn: AsyncConnection, *, before: datetime, batch: int) -> int:
-    return (await conn.execute(_PURGE_SESSIONS, {"before": before, "batch": batch})).rowcount
+async def purge_sessions(conn: Connection, *, before: datetime, batch: int) -> int:
+    return await conn.execute(_PURGE_SESSIONS, before=before, batch=batch)
 
 
-_SET_BLOCKED = text("""
+_SET_BLOCKED = Statement(
+    "set_blocked",
+    """
 WITH player AS (
     INSERT INTO players (user_id, blocked, updated_at) VALUES (:user_id, :blocked, :now)
     ON CONFLICT (user_id) DO UPDATE SET blocked = EXCLUDED.blocked, updated_at = EXCLUDED.updated_at
@@ -208,7 +239,8 @@ WITH player AS (
 )
 INSERT INTO player_block_events (user_id, blocked, actor, created_at)
 SELECT user_id, :blocked, :actor, :now FROM player
-""")
+""",
+)
 
 # Race: a block against an in-flight /betlink/session or /betlink/authenticate. Every session
 # not yet revoked is revoked, expired or not: an exchange that started just before its launch
@@ -216,35 +248,38 @@ SELECT user_id, :blocked, :actor, :now FROM player
 # after _SET_BLOCKED holds the player's row lock, so every session created before the block
 # is committed and visible here; a session row locked by an in-flight exchange makes this
 # wait, then revokes the token that exchange just issued. No live token survives a block.
-_REVOKE_SESSIONS = text("""
+_REVOKE_SESSIONS = Statement(
+    "revoke_sessions",
+    """
 UPDATE user_sessions SET revoked_at = :now
 WHERE user_id = :user_id AND revoked_at IS NULL
-""")
+""",
+)
 
 
-async def set_blocked(
-    conn: AsyncConnection, *, user_id: str, blocked: bool, actor: str, now: datetime
-) -> int:
+async def set_blocked(conn: Connection, *, user_id: str, blocked: bool, actor: str, now: datetime) -> int:
     """Record the block state and its audit row; when blocking, revoke every live token.
 
     Returns how many sessions were revoked.
     """
     params = {"user_id": user_id, "blocked": blocked, "actor": actor, "now": now}
-    await conn.execute(_SET_BLOCKED, params)
+    await conn.execute(_SET_BLOCKED, **params)
     if not blocked:
         return 0
-    result = await conn.execute(_REVOKE_SESSIONS, {"user_id": user_id, "now": now})
-    return result.rowcount
+    return await conn.execute(_REVOKE_SESSIONS, user_id=user_id, now=now)
 
 
-_LIVE_SESSION = text("""
+_LIVE_SESSION = Statement(
+    "live_session",
+    """
 SELECT s.user_id, s.session_expires_at
 FROM user_sessions s LEFT JOIN players p ON p.user_id = s.user_id
 WHERE s.session_token_hash = :token_hash
   AND s.revoked_at IS NULL
   AND s.session_expires_at > :now
   AND NOT coalesce(p.blocked, false)
-""")
+""",
+)
 
 
 @dataclass(frozen=True)
@@ -253,7 +288,7 @@ class LiveSession:
     expires_at: datetime
 
 
-async def live_session(conn: AsyncConnection, *, token_hash: bytes, now: datetime) -> LiveSession | None:
+async def live_session(conn: Connection, *, token_hash: bytes, now: datetime) -> LiveSession | None:
     """The session holding this session token, if it is live (one unique-index lookup)."""
-    row = (await conn.execute(_LIVE_SESSION, {"token_hash": token_hash, "now": now})).first()
-    return LiveSession(user_id=row.user_id, expires_at=row.session_expires_at) if row is not None else None
+    row = await conn.fetchrow(_LIVE_SESSION, token_hash=token_hash, now=now)
+    return None if row is None else LiveSession(user_id=row["user_id"], expires_at=row["session_expires_at"])

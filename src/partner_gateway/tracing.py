@@ -1,19 +1,21 @@
 """OpenTelemetry tracing, opt-in: on only when OTEL_EXPORTER_OTLP_ENDPOINT is set.
 
-Spans for every request (FastAPI), every SQL statement (SQLAlchemy) and every BidPaw call
-(httpx). Off, nothing is imported and nothing is wrapped. The packages come with the `otel`
-extra (`pip install partner-gateway[otel]`; the container image has it).
+Spans for every request (FastAPI), every SQL statement (one span per store statement, named
+after it, with its SQL but never its values) and every BidPaw call (httpx). Off, nothing is
+imported and nothing is wrapped. The packages come with the `otel` extra (`pip install
+partner-gateway[otel]`; the container image has it).
 """
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any
 
 import httpx
 from fastapi import FastAPI
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from partner_gateway.config import Settings
+from partner_gateway.db import Database, Statement
 from partner_gateway.logs import get_logger
 
 if TYPE_CHECKING:
@@ -36,13 +38,20 @@ class Tracing:
             app, tracer_provider=self.provider, excluded_urls="healthz,readyz,metrics"
         )
 
-    def instrument_engine(self, engine: AsyncEngine) -> None:
-        from opentelemetry.instrumentation.sqlalchemy import SQLAlchemyInstrumentor
+    def instrument_database(self, database: Database) -> None:
+        from opentelemetry.trace import SpanKind
 
-        # Its declared range stops below SQLAlchemy 2.1, whose engine events it uses unchanged.
-        SQLAlchemyInstrumentor().instrument(
-            engine=engine.sync_engine, tracer_provider=self.provider, skip_dep_check=True
-        )
+        tracer = self.provider.get_tracer("partner_gateway.db")
+
+        def span(statement: Statement) -> AbstractContextManager[object]:
+            attributes = {
+                "db.system": "postgresql",
+                "db.operation.name": statement.name,
+                "db.query.text": statement.sql,
+            }
+            return tracer.start_as_current_span(statement.name, kind=SpanKind.CLIENT, attributes=attributes)
+
+        database.observe(span)
 
     def instrument_client(self, client: httpx.AsyncClient) -> None:
         from opentelemetry.instrumentation.httpx import HTTPXClientInstrumentor

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 from collections import Counter
 
-from sqlalchemy import text
-from sqlalchemy.ext.asyncio import create_async_engine
-
 from partner_gateway.config import Settings
-from partner_gateway.db import Database, connection_mode
+from partner_gateway.db import Statement, connection_mode, create_database
 
 CONCURRENCY = 4
 VARIANTS = 4  # several statements, so that statement names collide across processes
@@ -24,13 +22,13 @@ VARIANTS = 4  # several statements, so that statement names collide across proce
 
 async def run(url: str, tag: str, count: int, statement_cache: int | None) -> Counter[str]:
     settings = Settings(_env_file=None, database_url=url, db_pooler="pgbouncer", db_pool_size=CONCURRENCY)
-    connect_args = connection_mode(settings).connect_args(timeout=settings.db_timeout_seconds)
+    mode = connection_mode(settings)
     if statement_cache is not None:
-        connect_args["statement_cache_size"] = statement_cache
-    engine = create_async_engine(url, pool_size=CONCURRENCY, connect_args=connect_args)
-    database = Database(engine, timeout=settings.db_timeout_seconds)
+        mode = dataclasses.replace(mode, statement_cache_size=statement_cache)
+    database = create_database(settings, url, mode=mode)
     queries = [
-        text(f"SELECT '{tag}' AS tag, {v} AS variant, CAST(:n AS integer) AS n") for v in range(VARIANTS)
+        Statement(f"variant_{v}", f"SELECT '{tag}' AS tag, {v} AS variant, CAST(:n AS integer) AS n")
+        for v in range(VARIANTS)
     ]
     outcomes: Counter[str] = Counter()
 
@@ -38,11 +36,12 @@ async def run(url: str, tag: str, count: int, statement_cache: int | None) -> Co
         opened = database.statement() if i % 2 else database.transaction()
         try:
             async with opened as conn:
-                row = (await conn.execute(queries[i % VARIANTS], {"n": i})).one()
+                row = await conn.fetchrow(queries[i % VARIANTS], n=i)
         except Exception:
             outcomes["errors"] += 1
             return
-        outcomes["own" if (row.tag, row.variant, row.n) == (tag, i % VARIANTS, i) else "foreign"] += 1
+        own = row is not None and (row["tag"], row["variant"], row["n"]) == (tag, i % VARIANTS, i)
+        outcomes["own" if own else "foreign"] += 1
 
     async def worker(start: int) -> None:
         for i in range(start, count, CONCURRENCY):
@@ -51,7 +50,7 @@ async def run(url: str, tag: str, count: int, statement_cache: int | None) -> Co
     try:
         await asyncio.gather(*(worker(w) for w in range(CONCURRENCY)))
     finally:
-        await engine.dispose()
+        await database.close()
     return outcomes
 
 

@@ -10,12 +10,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 
-from sqlalchemy.ext.asyncio import AsyncConnection
-
 from partner_gateway import store
 from partner_gateway.betlink.schemas import AuthenticateRequest, AuthenticateResponse
 from partner_gateway.config import Settings
-from partner_gateway.db import utc_now
+from partner_gateway.db import Connection, utc_now
 from partner_gateway.errors import BetLinkError, PlayerBlocked
 from partner_gateway.security import (
     LAUNCH_TOKEN_BYTES,
@@ -41,7 +39,7 @@ class Authenticated:
 
 
 async def issue_launch_token(
-    conn: AsyncConnection, *, user_id: str, settings: Settings, cipher: UserIdCipher, now: datetime
+    conn: Connection, *, user_id: str, settings: Settings, cipher: UserIdCipher, now: datetime
 ) -> LaunchToken:
     """Create a new user session (one per call, as BetLink asks) holding a fresh launch token."""
     token = new_token(LAUNCH_TOKEN_BYTES)
@@ -65,7 +63,7 @@ def fingerprint(request: AuthenticateRequest) -> bytes:
 
 
 async def authenticate(
-    conn: AsyncConnection,
+    conn: Connection,
     *,
     request: AuthenticateRequest,
     idempotency_key: uuid.UUID,
@@ -104,9 +102,7 @@ async def authenticate(
     )
 
 
-async def _fresh_block(
-    conn: AsyncConnection, session: store.LockedSession | None
-) -> store.LockedSession | None:
+async def _fresh_block(conn: Connection, session: store.LockedSession | None) -> store.LockedSession | None:
     """Race: a block that revoked this session while we waited for its row lock. The lock shows
     the revocation, but `blocked` came from the statement's older snapshot; a new statement sees
     the block, so the answer is USER_BLOCKED rather than INVALID_SESSION."""
@@ -151,7 +147,7 @@ def _spent(session: store.LockedSession, *, now: datetime) -> str | None:
 
 
 async def _exchange(
-    conn: AsyncConnection,
+    conn: Connection,
     session: store.LockedSession,
     *,
     request: AuthenticateRequest,
@@ -187,7 +183,7 @@ async def _exchange(
 MAX_TOKEN_CHARS = 512
 
 
-async def introspect(conn: AsyncConnection, *, token: str, now: datetime) -> store.LiveSession | None:
+async def introspect(conn: Connection, *, token: str, now: datetime) -> store.LiveSession | None:
     """The live session behind an operatorSessionToken: unknown, expired, revoked or blocked is None."""
     if not token or len(token) > MAX_TOKEN_CHARS:
         return None
