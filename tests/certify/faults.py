@@ -12,7 +12,6 @@ fires on a *situation* (a used token, a blocked player's session), not on the ch
 
 from __future__ import annotations
 
-import asyncio
 import json
 import secrets
 import sys
@@ -117,9 +116,6 @@ class Seen:
         return unquote(path.removeprefix("/players/").removesuffix("/block"))
 
 
-RACE_SETTLE_SECONDS = 0.3
-
-
 @dataclass
 class Arrival:
     """The state at the moment a request arrived (before the service answered it)."""
@@ -168,11 +164,6 @@ class FaultInjector:
         finally:
             self._leave(exchange)
         self._record(exchange)
-        if fault == "auth.used_token" and exchange.is_auth() and exchange.status == 401:
-            # With a fast service a parallel race's loser can arrive after the winner's answer
-            # with nothing else in flight, like a true reuse; waiting lets the race's other
-            # requests arrive first (they add their keys), so only a true reuse is faked.
-            await asyncio.sleep(RACE_SETTLE_SECONDS)
         if fault in self.after:
             self.after[fault](self.seen, arrival, exchange)
         await _send(send, exchange)
