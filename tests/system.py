@@ -33,8 +33,22 @@ def _install(packages: list[str]) -> None:
     )
 
 
+# Debian installs daemons and admin tools (pgbouncer, iptables, nginx) in the sbin directories,
+# which a minimal PATH (cron, CI runners, `env -i`) leaves out.
+SBIN_DIRECTORIES = ("/usr/local/sbin", "/usr/sbin", "/sbin")
+
+
+def _path_with_sbin() -> None:
+    parts = os.environ.get("PATH", "").split(os.pathsep)
+    os.environ["PATH"] = os.pathsep.join([*parts, *(d for d in SBIN_DIRECTORIES if d not in parts)])
+
+
 def require_programs(programs: dict[str, str], *extra_packages: str) -> None:
-    """Make each program (name → Debian package) available, or skip (fail under CI)."""
+    """Make each program (name → Debian package) available, or skip (fail under CI).
+
+    The sbin directories join PATH first, for this process and the programs it starts.
+    """
+    _path_with_sbin()
     missing = {package for program, package in programs.items() if shutil.which(program) is None}
     if not missing:
         return

@@ -190,8 +190,17 @@ def connection_mode(settings: Settings) -> ConnectionMode:
 
 
 def asyncpg_dsn(url: str) -> str:
-    """A plain postgresql:// DSN for asyncpg from the service's SQLAlchemy-style URL."""
-    return make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    """A plain postgresql:// DSN for asyncpg from the service's SQLAlchemy-style URL.
+
+    `ssl=<mode>` (SQLAlchemy's spelling, which Alembic's engine passes to asyncpg as a keyword)
+    becomes `sslmode=<mode>`: in a DSN asyncpg would send an unknown `ssl` to the server as a
+    setting, and the connection would be refused.
+    """
+    parsed = make_url(url).set(drivername="postgresql")
+    if "ssl" in parsed.query:
+        mode = parsed.query["ssl"]
+        parsed = parsed.difference_update_query(["ssl"]).update_query_dict({"sslmode": mode})
+    return parsed.render_as_string(hide_password=False)
 
 
 class Pool:
