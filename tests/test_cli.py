@@ -230,3 +230,18 @@ class TestPortInUse:
         assert not (tmp_path / "data" / "pgdata").exists()  # local mode started nothing
         readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
         assert result.stderr.strip().replace(f":{port} ", ":8000 ") in readme  # the README shows it
+
+
+class TestFailureLinesNeverSpellThePassword:
+    @pytest.mark.parametrize("password", ["p", "pw7", "a-much-longer-password"])
+    def test_even_a_password_that_occurs_in_the_message(self, password: str) -> None:
+        from partner_gateway.db import describe_failure
+
+        url = f"postgresql+asyncpg://gw:{password}@127.0.0.1:5432/gw"
+        error = ValueError(f"sslmode parameter must be one of: disable, prefer ({password})")
+        line = describe_failure(error, url)
+        assert line.startswith("database at 127.0.0.1:5432: ValueError: ")
+        assert password not in line.removeprefix("database at 127.0.0.1:5432: ValueError: ").replace(
+            "***", ""
+        )
+        assert "***arameter" not in line

@@ -55,6 +55,7 @@ class TestExternalDatabase:
             ("DATABASE_URL", "postgresql+asyncpg://gw:secret-password@db:54x2/x"),
             ("DATABASE_URL", "postgresql+asyncpg://gw:secret-password@db:99999/x"),
             ("DATABASE_URL", "postgresql+asyncpg://gw:secret-password@db/x?sslmode=require"),
+            ("DATABASE_URL", "postgresql+asyncpg://gw:secret-password@db/x?ssl=bogus"),
             ("DATABASE_URL", "postgresql+asyncpg://gw:secret-password@db/x?prepared_statement_cache_size=x"),
             ("DATABASE_URL", "postgresql+asyncpg://gw:secret-password@/x?host=/a&host=/b"),
             ("BETLINK_SESSION_TTL_SECONDS", "-5"),

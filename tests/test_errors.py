@@ -37,3 +37,12 @@ class TestProblemJson:
         assert {"201", "400", "401", "403", "503"} <= set(
             spec["paths"]["/betlink/session"]["post"]["responses"]
         )
+
+
+class TestNoSlashRedirects:
+    async def test_a_trailing_slash_is_a_404_not_a_redirect(self, client: httpx.AsyncClient) -> None:
+        for method, path in (("POST", "/betlink/authenticate/"), ("POST", "/betlink/session/")):
+            response = await client.request(method, path, headers={"Host": "attacker.example"})
+            assert response.status_code == 404
+            assert response.headers["content-type"] == PROBLEM
+            assert "location" not in response.headers

@@ -16,6 +16,7 @@ import pytest
 
 from tests.conftest import BETLINK_KEY, GATEWAY_KEY
 from tests.processes import free_port, serve, wait_ready
+from tests.system import require_programs
 
 ROOT = Path(__file__).resolve().parent.parent
 README = (ROOT / "README.md").read_text()
@@ -40,6 +41,7 @@ def shown_keys(block: str) -> list[list[str]]:
 
 @pytest.fixture(scope="module")
 def service(database_url: str) -> Iterator[str]:
+    require_programs({"curl": "curl"})  # the README's commands are curl lines
     sandbox_port, port = free_port(), free_port()
     bidpaw = {"BIDPAW_CLIENT_ID": "casino-1", "BIDPAW_SECRET_KEY": "sandbox-secret"}
     env = {**os.environ, **bidpaw, "LOG_LEVEL": "WARNING"}

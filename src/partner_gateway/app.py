@@ -61,6 +61,9 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI
         lifespan=lifespan,
         docs_url=None,  # our own pages below, with local assets
         redoc_url=None,
+        # `/betlink/authenticate/` is not an endpoint: a 404 in our shape, not a redirect built
+        # from the caller's Host header.
+        redirect_slashes=False,
         # FastAPI's native OpenTelemetry looks up the global providers on every request (about
         # 8 % of a session request's CPU); tracing here is opt-in and has its own instrumentation.
         telemetry={"tracing": False, "metrics": False, "logs": False},

@@ -27,10 +27,10 @@ LOCAL_REDIRECT_URL = "http://localhost:8000/"
 SecretList = Annotated[list[SecretStr], NoDecode]
 
 # Query parameters of DATABASE_URL that every way the service connects understands alike:
-# `host` (a unix socket directory) and `ssl` (asyncpg's modes: disable, prefer, require,
-# verify-ca, verify-full). Anything else would start and then fail each request, so it stops
-# start-up instead.
+# `host` (a unix socket directory) and `ssl` (one of asyncpg's SSL_MODES). Anything else would
+# start and then fail each request, so it stops start-up instead.
 DATABASE_URL_PARAMETERS = frozenset({"host", "ssl"})
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
 
 
 class ConfigError(Exception):
@@ -124,6 +124,8 @@ class Settings(BaseSettings):
             supported = ", ".join(sorted(DATABASE_URL_PARAMETERS))
             names = ", ".join(unknown)
             raise ValueError(f"has unsupported query parameters {names} (supported: {supported})")
+        if "ssl" in url.query and url.query["ssl"] not in SSL_MODES:
+            raise ValueError(f"has ssl= outside {', '.join(SSL_MODES)}")
         if isinstance(url.query.get("host"), tuple):
             raise ValueError("names more than one host; give one host (or a PgBouncer) instead")
         return value

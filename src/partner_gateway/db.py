@@ -429,8 +429,11 @@ def describe_failure(exc: BaseException, url: str) -> str:
             break
         cause = nested
     message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-    if location.password:
-        message = message.replace(location.password, "***")
+    password = location.password
+    if password and password in message:
+        # Masking a short password in place would spell it out letter by letter around the
+        # stars ("***arameter"); a long one is masked, a short one costs the message.
+        message = message.replace(password, "***") if len(password) >= 8 else "(detail withheld)"
     return f"database at {host}:{location.port or 5432}: {type(cause).__name__}: {message}"
 
 
