@@ -21,9 +21,9 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def serve(database_url: str, port: int, *, workers: int = 1, **settings: str) -> subprocess.Popen[bytes]:
-    """Start `partner-gateway serve` on `port` against `database_url` with the test keys."""
-    env = {
+def service_environment(database_url: str, **settings: str) -> dict[str, str]:
+    """The environment of a test `serve` (or of a process built like it): the test keys, quiet logs."""
+    return {
         **os.environ,
         "DATABASE_URL": database_url,
         "GATEWAY_API_KEYS": GATEWAY_KEY,
@@ -34,8 +34,39 @@ def serve(database_url: str, port: int, *, workers: int = 1, **settings: str) ->
         "LOG_LEVEL": "WARNING",
         **settings,
     }
+
+
+def serve(database_url: str, port: int, *, workers: int = 1, **settings: str) -> subprocess.Popen[bytes]:
+    """Start `partner-gateway serve` on `port` against `database_url` with the test keys."""
     command = ["serve", "--port", str(port), "--workers", str(workers)]
+    env = service_environment(database_url, **settings)
     return subprocess.Popen([sys.executable, "-m", "partner_gateway", *command], env=env)
+
+
+def bidpaw_sandbox(port: int, *, client_id: str, secret_key: str) -> subprocess.Popen[bytes]:
+    """Start `partner-gateway bidpaw-sandbox` on `port`; `wait_listening` for it."""
+    env = {
+        **os.environ,
+        "BIDPAW_CLIENT_ID": client_id,
+        "BIDPAW_SECRET_KEY": secret_key,
+        "LOG_LEVEL": "WARNING",
+    }
+    command = [sys.executable, "-m", "partner_gateway", "bidpaw-sandbox", "--port", str(port)]
+    return subprocess.Popen(command, env=env)
+
+
+def wait_listening(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 60) -> None:
+    """Until `url` answers at all (a process without /readyz, such as the sandbox)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{url}: exited early with {proc.returncode}")
+        try:
+            httpx.get(url)
+            return
+        except httpx.TransportError:
+            time.sleep(0.1)
+    raise TimeoutError(f"{url} did not start")
 
 
 def wait_ready(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 60) -> None:

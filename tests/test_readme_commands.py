@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import BETLINK_KEY, GATEWAY_KEY
-from tests.processes import free_port, serve, wait_ready
+from tests.processes import bidpaw_sandbox, free_port, serve, wait_listening, wait_ready
 from tests.system import require_programs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,9 +44,9 @@ def service(database_url: str) -> Iterator[str]:
     require_programs({"curl": "curl"})  # the README's commands are curl lines
     sandbox_port, port = free_port(), free_port()
     bidpaw = {"BIDPAW_CLIENT_ID": "casino-1", "BIDPAW_SECRET_KEY": "sandbox-secret"}
-    env = {**os.environ, **bidpaw, "LOG_LEVEL": "WARNING"}
-    command = [sys.executable, "-m", "partner_gateway", "bidpaw-sandbox", "--port", str(sandbox_port)]
-    sandbox = subprocess.Popen(command, env=env)
+    sandbox = bidpaw_sandbox(
+        sandbox_port, client_id=bidpaw["BIDPAW_CLIENT_ID"], secret_key=bidpaw["BIDPAW_SECRET_KEY"]
+    )
     started = time.monotonic()
     proc = serve(
         database_url,
@@ -58,6 +58,7 @@ def service(database_url: str) -> Iterator[str]:
         BIDPAW_SECRET_KEY=bidpaw["BIDPAW_SECRET_KEY"],
     )
     try:
+        wait_listening(f"http://127.0.0.1:{sandbox_port}", sandbox)
         wait_ready(f"http://127.0.0.1:{port}", proc)
         print(f"[readme] serve ready in {time.monotonic() - started:.1f} s", file=sys.stderr)  # noqa: T201
         yield f"127.0.0.1:{port}"

@@ -80,8 +80,7 @@ def database(settings: Settings, *, local: bool) -> Iterator[Settings]:
     if not local:
         yield settings
         return
-    _require_local_extra()
-    from partner_gateway.embedded import embedded_postgres
+    from partner_gateway.embedded import embedded_postgres  # main() checked it is installed
     from partner_gateway.schema import upgrade
 
     data_dir = settings.data_dir.resolve()

@@ -28,8 +28,8 @@ from partner_gateway.certify.client import Options
 from partner_gateway.certify.runner import Run, certify
 from tests.certify.conftest import record_timing
 from tests.certify.faults import AFTER_FAULTS
-from tests.conftest import BETLINK_KEY, ENCRYPTION_KEY, GATEWAY_KEY, OPERATOR_ID, REDIRECT_URL
-from tests.processes import free_port, serve, wait_ready
+from tests.conftest import BETLINK_KEY, GATEWAY_KEY
+from tests.processes import bidpaw_sandbox, free_port, serve, service_environment, wait_listening, wait_ready
 
 pytestmark = pytest.mark.slow
 
@@ -51,48 +51,20 @@ def _stop(proc: subprocess.Popen[bytes]) -> None:
         proc.wait(timeout=5)
 
 
-def _wait_listening(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"{url}: exited early with {proc.returncode}")
-        try:
-            httpx.get(url)
-            return
-        except httpx.TransportError:
-            time.sleep(0.1)
-    raise TimeoutError(f"{url} did not start")
-
-
-def _service_env(database_url: str, bidpaw_url: str) -> dict[str, str]:
-    return {
-        "DATABASE_URL": database_url,
-        "GATEWAY_API_KEYS": GATEWAY_KEY,
-        "BETLINK_API_KEYS": BETLINK_KEY,
-        "BETLINK_OPERATOR_ID": OPERATOR_ID,
-        "BETLINK_REDIRECT_URL": REDIRECT_URL,
-        "DATA_ENCRYPTION_KEY": ENCRYPTION_KEY,
-        "BETLINK_LAUNCH_TOKEN_TTL_SECONDS": TTL,
-        "BIDPAW_API_URL": bidpaw_url,
-        "BIDPAW_CLIENT_ID": BIDPAW_CLIENT_ID,
-        "BIDPAW_SECRET_KEY": BIDPAW_SECRET,
-        "LOG_LEVEL": "WARNING",
-    }
-
-
 @pytest.fixture(scope="module")
 def deployments(database_url: str) -> Iterator[tuple[str, str]]:
     """The URLs of the real service and of the broken one, both on one BidPaw sandbox."""
     started = time.perf_counter()
     sandbox_port, real_port, broken_port = free_port(), free_port(), free_port()
     bidpaw_url = f"http://127.0.0.1:{sandbox_port}"
-    env = _service_env(database_url, bidpaw_url)
-    module = [sys.executable, "-m"]
+    settings = {
+        "BETLINK_LAUNCH_TOKEN_TTL_SECONDS": TTL,
+        "BIDPAW_API_URL": bidpaw_url,
+        "BIDPAW_CLIENT_ID": BIDPAW_CLIENT_ID,
+        "BIDPAW_SECRET_KEY": BIDPAW_SECRET,
+    }
     procs = [
-        subprocess.Popen(
-            [*module, "partner_gateway", "bidpaw-sandbox", "--port", str(sandbox_port)],
-            env={**os.environ, **env},
-        ),
+        bidpaw_sandbox(sandbox_port, client_id=BIDPAW_CLIENT_ID, secret_key=BIDPAW_SECRET),
         serve(
             database_url,
             real_port,
@@ -102,11 +74,13 @@ def deployments(database_url: str) -> Iterator[tuple[str, str]]:
             BIDPAW_SECRET_KEY=BIDPAW_SECRET,
         ),
         subprocess.Popen(
-            [*module, "tests.certify.faults", str(broken_port)], env={**os.environ, **env}, cwd=ROOT
+            [sys.executable, "-m", "tests.certify.faults", str(broken_port)],
+            env=service_environment(database_url, **settings),
+            cwd=ROOT,
         ),
     ]
     try:
-        _wait_listening(bidpaw_url, procs[0])
+        wait_listening(bidpaw_url, procs[0])
         real, broken = f"http://127.0.0.1:{real_port}", f"http://127.0.0.1:{broken_port}"
         wait_ready(real, procs[1])
         wait_ready(broken, procs[2])
