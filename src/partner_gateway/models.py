@@ -64,3 +64,26 @@ class PlayerBlockEvent(Base):
     blocked: Mapped[bool] = mapped_column(Boolean)
     actor: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class BidPawSession(Base):
+    """A BidPaw lobby we opened for a player: what BidPaw's wallet callbacks are checked against.
+
+    `session` is the iframe URL's `session` value (BidPaw's `sessionId` in its callbacks); the
+    URL's `token`, which opens the player's lobby, is never stored. `last_used_at` moves with
+    each callback that names the session; purge keeps a record 90 days past it.
+    """
+
+    __tablename__ = "bidpaw_sessions"
+    __table_args__ = (
+        Index("ix_bidpaw_sessions_user_id_session", "user_id", "session"),
+        Index("ix_bidpaw_sessions_last_used_at", "last_used_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    user_id: Mapped[str] = mapped_column(Text)
+    game_id: Mapped[str] = mapped_column(Text)
+    currency: Mapped[str | None] = mapped_column(Text)
+    session: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    last_used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
