@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -18,6 +19,7 @@ import httpx
 import pytest
 
 from partner_gateway.wallet import signing
+from partner_gateway.wallet.sandbox import Faults, MoveRequest, ReverseRequest
 from tests.processes import free_port, wait_listening, wallet_sandbox
 
 NEW_KEY = "wallet-key-new-Zx81"
@@ -552,6 +554,60 @@ class TestAdmin:
             "operations": [],
         }
         assert call(http, "debit", move("d1")).json() == {"status": "OK", "balance": START - 2500}
+
+
+class TestProtocolPage:
+    """docs/wallet-protocol.md's examples stay true: the wallet team checks their code against them."""
+
+    PAGE = (Path(__file__).parent.parent / "docs" / "wallet-protocol.md").read_text()
+
+    def _example(self) -> tuple[str, int, bytes, str]:
+        section = self.PAGE.split("## A worked example")[1].split("\n## ")[0]
+        secret = re.search(r"^\| `WALLET_SECRET` \| `([^`]+)` \|$", section, re.MULTILINE)
+        timestamp = re.search(r"^\| `t` \| `(\d+)`", section, re.MULTILINE)
+        body = re.search(r"^```json\n(.*)\n```$", section, re.MULTILINE)
+        header = re.search(rf"^{signing.HEADER}: (\S+)$", section, re.MULTILINE)
+        assert secret
+        assert timestamp
+        assert body
+        assert header
+        return secret[1], int(timestamp[1]), body[1].encode(), header[1]
+
+    def test_the_worked_example_signature_is_what_the_service_sends(self) -> None:
+        secret, timestamp, body, header = self._example()
+        assert f"exactly these {len(body)} bytes" in self.PAGE
+        assert signing.signature(secret=secret, timestamp=timestamp, body=body) == header
+        assert signing.verify(header, secrets=[secret], body=body, now=timestamp)
+        assert f"printf '%s.%s' \"$t\" \"$body\" | openssl dgst -sha256 -hmac '{secret}'" in self.PAGE
+        assert f"SHA2-256(stdin)= {header.split('v1=')[1]}" in self.PAGE
+        assert not signing.verify(header, secrets=[secret], body=body + b" ", now=timestamp)
+        assert not signing.verify(header, secrets=[secret], body=body, now=timestamp + 301)
+
+    def test_the_sandbox_answers_the_worked_example_as_the_page_says(self, http: httpx.Client) -> None:
+        secret, _, body, _ = self._example()
+        operation = json.loads(body)
+        # The module's sandbox takes NEW_KEY and OLD_KEY; the example's secret is its own.
+        first = call(http, "debit", operation, raw=body)
+        assert first.content == b'{"status":"OK","balance":97500}'
+        assert '`{"status":"OK","balance":97500}`' in self.PAGE
+        assert call(http, "debit", operation, raw=body).content == first.content
+        assert balance(http, operation["userId"]) == START - 2500
+        assert secret not in (NEW_KEY, OLD_KEY)
+
+    def test_the_request_examples_are_what_the_sandbox_accepts(self) -> None:
+        blocks = re.findall(r"^```json\n(.*)\n```$", self.PAGE, re.MULTILINE)
+        move_example, reverse_example = blocks[0], blocks[1]
+        assert set(json.loads(move_example)) == set(move("x"))
+        MoveRequest.model_validate_json(move_example)
+        assert set(json.loads(reverse_example)) == set(reversal("x", "y"))
+        ReverseRequest.model_validate_json(reverse_example)
+
+    def test_the_page_lists_every_fault_switch_and_flag(self) -> None:
+        switches = ", ".join(f'"{name}"' for name in Faults.model_fields)
+        assert f"`{{{switches}}}`" in self.PAGE
+        for name in Faults.model_fields:
+            flag = "--" + name.replace("_", "-")
+            assert flag in self.PAGE, flag
 
 
 class TestCommandLine:
