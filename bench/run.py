@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import psutil
 from gwbench import pgbench, report, servers
@@ -37,20 +38,19 @@ WARM_UP = 1.0  # seconds of the pair before measuring a service or floor (pool, 
 def install_wrk() -> None:
     if shutil.which("wrk") is None and os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        wait = ["-o", "DPkg::Lock::Timeout=300"]
-        subprocess.run(["apt-get", *wait, "update", "-qq"], check=True, env=env, timeout=300)
-        subprocess.run(
-            ["apt-get", *wait, "install", "-y", "-qq", "--no-install-recommends", "wrk"],
-            check=True,
-            env=env,
-            timeout=600,
-        )
+        apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
+        subprocess.run([*apt, "update", "-qq"], check=True, env=env, timeout=300)
+        subprocess.run([*apt, "install", "-y", "-qq", "wrk"], check=True, env=env, timeout=600)
     if shutil.which("wrk") is None:
         raise SystemExit("bench: wrk is missing: apt-get install wrk")
 
 
 def log(message: str) -> None:
     print(f"[{datetime.now(UTC):%H:%M:%S}] {message}", file=sys.stderr, flush=True)
+
+
+Processes = Callable[[], list[psutil.Process]]
+Parse = Callable[[str], dict[str, float]]
 
 
 @dataclass
@@ -67,92 +67,97 @@ class Bench:
         self,
         scenario: Scenario,
         server: Server,
-        *,
         clients: int,
         workers: int | None,
-        extra: Callable[[], list[psutil.Process]] = list,
+        *,
         tag: str = "",
+        extra: Processes = list,
     ) -> Row:
-        name = scenario.name + (f"@{tag}" if tag else "")
-        command = wrk_command(
-            scenario.script,
-            scenario.args(self.ctx),
-            port=server.port,
-            path="/",
-            clients=clients,
-            seconds=self.args.seconds,
-            per_connection=scenario.per_connection,
-            workdir=self.workdir,
+        """wrk with the scenario's script; `tag` names a variant (`session@pgbouncer`), `extra`
+        processes count as the app's (PgBouncer)."""
+        return self._wrk(
+            scenario, server, clients, workers, name=scenario.name + (f"@{tag}" if tag else ""), extra=extra
         )
+
+    def _wrk(
+        self,
+        scenario: Scenario,
+        server: Server,
+        clients: int,
+        workers: int | None,
+        *,
+        name: str,
+        extra: Processes,
+        seconds: float = 0,
+        keep: bool = True,
+    ) -> Row:
+        args = scenario.args(self.ctx)
+        seconds = seconds or self.args.seconds
+        command = wrk_command(
+            scenario, args, port=server.port, clients=clients, seconds=seconds, workdir=self.workdir
+        )
+        return self._measure(
+            name, command, workers, clients, lambda: server.processes() + extra(), parse_wrk, keep
+        )
+
+    def pgbench(self, name: str, script: str, clients: int, *, protocol: str = "prepared", **via: Any) -> Row:
+        """pgbench on `script`, straight to PostgreSQL or `via` PgBouncer: its `where` (connection
+        arguments) and `extra` (its processes, counted as the app's)."""
+        path = self.workdir / f"{re.sub(r'[^a-z-]+', '-', name)}.sql"  # pgbench: -f FILE@WEIGHT
+        path.write_text(script)
+        where = via.get("where", ["-h", str(self.pg.socket_dir), "-U", "postgres", "postgres"])
+        command = [str(self.pg.bin_dir / "pgbench"), "-n", "-M", protocol, "-c", str(clients)]
+        command += ["-j", str(min(clients, CPUS)), "-T", str(max(1, round(self.args.seconds)))]
+        return self._measure(
+            name,
+            [*command, "-f", str(path), *where],
+            None,
+            clients,
+            via.get("extra", list),
+            pgbench.parse,
+            True,
+        )
+
+    def _measure(
+        self,
+        name: str,
+        command: list[str],
+        workers: int | None,
+        clients: int,
+        app: Processes,
+        parse: Parse,
+        keep: bool,
+    ) -> Row:
+        log_file = self.workdir / f"{name}-{workers}w-{clients}c.out"
         row = measured(
             name,
             command,
             workers=workers,
             clients=clients,
-            app=lambda: server.processes() + extra(),
-            pg=self.pg.processes,
-            parse=parse_wrk,
-            timeout=self.args.seconds + 60,
-            log=self.workdir / f"wrk-{name}-{workers}w-{clients}c.out",
-        )
-        self._keep(row)
-        return row
-
-    def pgbench(
-        self,
-        name: str,
-        script: str,
-        *,
-        clients: int,
-        protocol: str = "prepared",
-        via: list[str] | None = None,
-        app: Callable[[], list[psutil.Process]] = list,
-    ) -> Row:
-        path = self.workdir / f"{re.sub(r'[^a-z-]+', '-', name)}.sql"  # pgbench: -f FILE@WEIGHT
-        path.write_text(script)
-        where = via or ["-h", str(self.pg.socket_dir), "-U", "postgres", "postgres"]
-        command = [
-            str(self.pg.bin_dir / "pgbench"),
-            "-n",
-            "-M",
-            protocol,
-            "-c",
-            str(clients),
-            "-j",
-            str(min(clients, CPUS)),
-        ]
-        command += ["-T", str(max(1, round(self.args.seconds))), "-f", str(path), *where]
-        row = measured(
-            name,
-            command,
-            workers=None,
-            clients=clients,
             app=app,
             pg=self.pg.processes,
-            parse=pgbench.parse,
+            parse=parse,
             timeout=self.args.seconds + 60,
-            log=self.workdir / f"{name}-{clients}c.out",
+            log=log_file,
         )
-        self._keep(row)
+        if keep:
+            self.rows.append(row)
+            log(report.table([row])[-1])
         return row
 
-    def _keep(self, row: Row) -> None:
-        self.rows.append(row)
-        log(report.table([row])[-1])
-
     def warm(self, server: Server) -> None:
+        """The pair for a second: the pool's connections, the statement caches."""
         pair = next(s for s in SCENARIOS if s.name == "pair")
-        command = wrk_command(
-            pair.script,
-            pair.args(self.ctx),
-            port=server.port,
-            path="/",
-            clients=max(self.args.clients),
+        self._wrk(
+            pair,
+            server,
+            max(self.args.clients),
+            None,
+            name="warm-up",
+            extra=list,
             seconds=WARM_UP,
-            per_connection=True,
-            workdir=self.workdir,
+            keep=False,
         )
-        subprocess.run(command, capture_output=True, timeout=WARM_UP + 60, check=False)
 
 
 @dataclass(frozen=True)
@@ -205,7 +210,7 @@ def run_scenarios(b: Bench, chosen: list[Scenario], stack: contextlib.ExitStack)
         b.env |= kind.sandbox(server) if kind.sandbox else {}
         for scenario in (s for s in chosen if s.server == name):
             for clients in b.args.clients:
-                b.run(scenario, server, clients=clients, workers=None)
+                b.run(scenario, server, clients, None)
     b.env |= b.overrides
     for name, kind in SERVERS.items():
         mine = [s for s in chosen if s.server == name]
@@ -218,7 +223,7 @@ def run_scenarios(b: Bench, chosen: list[Scenario], stack: contextlib.ExitStack)
                     b.warm(server)
                 for scenario in mine:
                     for clients in b.args.clients:
-                        b.run(scenario, server, clients=clients, workers=w)
+                        b.run(scenario, server, clients, w)
                 if name == "service" and b.args.profile and w == b.args.workers[0]:
                     py_spy(b, server, next(s for s in SCENARIOS if s.name == b.args.profile))
 
@@ -229,23 +234,10 @@ def py_spy(b: Bench, server: Server, scenario: Scenario) -> None:
     seconds = max(5, round(b.args.seconds))
     output = b.args.results / f"profile-{scenario.name}.svg"
     b.args.results.mkdir(parents=True, exist_ok=True)
-    command = [
-        spy,
-        "record",
-        "--pid",
-        str(server.proc.pid),
-        "--subprocesses",
-        "--rate",
-        "250",
-        "--duration",
-        str(seconds),
-    ]
-    recording = subprocess.Popen(
-        [*command, "--format", "flamegraph", "--output", str(output)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.STDOUT,
-    )
-    b.run(scenario, server, clients=max(b.args.clients), workers=None, tag="profiled")
+    command = [spy, "record", "--pid", str(server.proc.pid), "--subprocesses", "--rate", "250"]
+    command += ["--duration", str(seconds), "--format", "flamegraph", "--output", str(output)]
+    recording = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
+    b.run(scenario, server, max(b.args.clients), None, tag="profiled")
     recording.wait(timeout=seconds + 60)
     log(f"profile: {output}")
 
@@ -263,47 +255,26 @@ def pgbouncer_phase(b: Bench) -> None:
     w, clients = max(b.args.workers), max(b.args.clients)
     with servers.pgbouncer(b.pg) as bouncer:
         env = {**b.env, "DATABASE_URL": bouncer.url, "DB_POOLER": "pgbouncer"}
-        done = subprocess.run(
-            [sys.executable, "-m", "partner_gateway", "migrate"],
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=120,
-        )
+        migrate = [sys.executable, "-m", "partner_gateway", "migrate"]
+        done = subprocess.run(migrate, env=env, capture_output=True, text=True, timeout=120, check=False)
         if done.returncode != 0:
             raise BenchError(f"migrate through PgBouncer failed: {done.stderr[-300:]}")
-        with servers.started(
-            servers.service(w, env=env, workdir=b.workdir, tag="-pgbouncer"), "/readyz", workers=w
-        ) as server:
+        service = servers.service(w, env=env, workdir=b.workdir, tag="-pgbouncer")
+        with servers.started(service, "/readyz", workers=w) as server:
             b.warm(server)
             for scenario in (s for s in SCENARIOS if s.name in ("session", "pair")):
                 for c in b.args.clients:
-                    b.run(
-                        scenario,
-                        server,
-                        clients=c,
-                        workers=w,
-                        extra=lambda: [bouncer.process],
-                        tag="pgbouncer",
-                    )
+                    b.run(scenario, server, c, w, extra=lambda: [bouncer.process], tag="pgbouncer")
         bounced = ["-h", "127.0.0.1", "-p", str(bouncer.port), "-U", "postgres", "gateway"]
         os.environ["PGPASSWORD"] = bouncer.password
-        bounds = {
-            k: v
-            for k, v in session_bounds(Settings(_env_file=None)).items()
-            if k != "default_transaction_isolation"
-        }
-        runs = {
-            "simple": (pgbench.script("pair"), None),
-            "pgbouncer": (pgbench.script("pair"), bounced),
-            "pgbouncer+SET LOCAL": (pgbench.script("pair", set_local=bounds), bounced),
-        }
-        for tag, (
-            script,
-            via,
-        ) in runs.items():  # simple protocol: PgBouncer 1.18 keeps no prepared statements
-            app = (lambda: [bouncer.process]) if via else list
-            b.pgbench(f"pgbench-pair@{tag}", script, clients=clients, protocol="simple", via=via, app=app)
+        bounds = session_bounds(Settings(_env_file=None))
+        bounds.pop("default_transaction_isolation")  # BEGIN names its level
+        pair, with_bounds = pgbench.script("pair"), pgbench.script("pair", set_local=bounds)
+        # The simple protocol throughout: PgBouncer 1.18 keeps no prepared statements.
+        via = {"where": bounced, "extra": lambda: [bouncer.process]}
+        b.pgbench("pgbench-pair@simple", pair, clients, protocol="simple")
+        b.pgbench("pgbench-pair@pgbouncer", pair, clients, protocol="simple", **via)
+        b.pgbench("pgbench-pair@pgbouncer+SET LOCAL", with_bounds, clients, protocol="simple", **via)
 
 
 def names(*, quick: bool) -> list[str]:
@@ -369,7 +340,7 @@ def main(argv: list[str]) -> int:
             if "pgbench" in wanted:
                 for kind in ("session", "pair"):
                     for clients in args.clients:
-                        b.pgbench(f"pgbench-{kind}", pgbench.script(kind), clients=clients)
+                        b.pgbench(f"pgbench-{kind}", pgbench.script(kind), clients)
             run_scenarios(b, [s for s in SCENARIOS if s.name in wanted], stack)
             if "pgbouncer" in wanted:
                 pgbouncer_phase(b)

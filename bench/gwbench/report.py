@@ -8,7 +8,7 @@ from gwbench.scenarios import SCENARIOS, TARGETS, Target
 from gwbench.wrk import Row
 
 TITLES = {s.name: s.title for s in SCENARIOS} | {"pgbench-session": "pgbench: the session statement"}
-TITLES |= {"pgbench-pair": "pgbench: session stmt + authenticate txn"}
+TITLES |= {"pgbench-pair": "pgbench: session stmt + auth txn"}
 REQUESTS = {s.name: s.requests for s in SCENARIOS}
 
 
@@ -115,15 +115,14 @@ def app_cpu(rows: list[Row], clients: int = 16) -> list[str]:
 
 
 def against(rows: list[Row], via: str) -> list[str]:
-    """CPU per unit (app + PostgreSQL) of the `scenario@via` rows against the same scenario direct."""
+    """CPU per unit (app + PostgreSQL) of the `scenario@via…` rows against the same scenario direct
+    (pgbench's: against its `@simple` row, the same protocol straight to PostgreSQL)."""
     lines = []
     for r in rows:
         base, _, how = r.scenario.partition("@")
-        direct = _find(rows, base, r.clients, r.workers)
-        if how == via and direct is not None and direct.app_ms + direct.pg_ms > 0:
+        direct = _find(rows, base + ("@simple" if base.startswith("pgbench") else ""), r.clients, r.workers)
+        if how.startswith(via) and direct is not None and direct.app_ms + direct.pg_ms > 0:
             change = (r.app_ms + r.pg_ms) / (direct.app_ms + direct.pg_ms) - 1
-            where = f"{r.workers}w/{r.clients}c"
-            lines.append(
-                f"[INFO] {title(base)} via {via}, {where}: CPU per unit {change:+.0%} against direct"
-            )
+            where = f"{r.workers}w/{r.clients}c" if r.workers else f"{r.clients}c"
+            lines.append(f"[INFO] {title(r.scenario)}, {where}: CPU per unit {change:+.0%} against direct")
     return lines

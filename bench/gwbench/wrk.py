@@ -13,6 +13,7 @@ from pathlib import Path
 
 import psutil
 
+from gwbench.scenarios import Scenario
 from gwbench.servers import BenchError, cpu_seconds
 
 LUA = Path(__file__).resolve().parent / "lua"
@@ -114,21 +115,13 @@ def parse_wrk(stdout: str) -> dict[str, float]:
 
 
 def wrk_command(
-    script: str,
-    args: list[str],
-    *,
-    port: int,
-    path: str,
-    clients: int,
-    seconds: float,
-    per_connection: bool,
-    workdir: Path,
+    scenario: Scenario, args: list[str], *, port: int, clients: int, seconds: float, workdir: Path
 ) -> list[str]:
     """wrk with gwbench/lua/common.lua and the scenario's script; one thread per connection when
     the script follows each connection (the pair), else at most one per core."""
-    combined = workdir / f"wrk-{script}"
-    if not combined.exists():
-        combined.write_text((LUA / "common.lua").read_text() + "\n" + (LUA / script).read_text())
-    threads = clients if per_connection else min(clients, CPUS)
+    script = workdir / f"wrk-{scenario.script}"
+    if not script.exists():
+        script.write_text((LUA / "common.lua").read_text() + "\n" + (LUA / scenario.script).read_text())
+    threads = clients if scenario.per_connection else min(clients, CPUS)
     command = [wrk_path(), "-t", str(threads), "-c", str(clients), "-d", f"{max(1, round(seconds))}s"]
-    return [*command, "--timeout", "10s", "-s", str(combined), f"http://127.0.0.1:{port}{path}", "--", *args]
+    return [*command, "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}/", "--", *args]
