@@ -31,7 +31,6 @@ from gwbench.servers import BenchError, Keys, Server
 from gwbench.wrk import CPUS, Row, measured, parse_wrk, wrk_command
 
 BENCH_DIR = Path(__file__).resolve().parent
-PHASES = ("pgbench", "pgbouncer")  # beside the scenarios' names
 WARM_UP = 1.0  # seconds of the pair before measuring a service or floor (pool, statement caches)
 
 
@@ -277,8 +276,23 @@ def pgbouncer_phase(b: Bench) -> None:
         b.pgbench("pgbench-pair@pgbouncer+SET LOCAL", with_bounds, clients, protocol="simple", **via)
 
 
+def pgbench_ceilings(b: Bench) -> None:
+    """pgbench on the store's statements: what PostgreSQL alone can do with the service's SQL."""
+    for kind in ("session", "pair"):
+        for clients in b.args.clients:
+            b.pgbench(f"pgbench-{kind}", pgbench.script(kind), clients)
+
+
+# Measurements that are not a wrk scenario, by name (as --scenarios takes them): functions of the
+# Bench that add rows, run before the scenarios or after them.
+BEFORE: dict[str, Callable[[Bench], None]] = {"pgbench": pgbench_ceilings}
+AFTER: dict[str, Callable[[Bench], None]] = {"pgbouncer": pgbouncer_phase}
+QUICK_SKIPS = {"pgbouncer"}
+
+
 def names(*, quick: bool) -> list[str]:
-    return [s.name for s in SCENARIOS] + [p for p in PHASES if not (quick and p == "pgbouncer")]
+    every = [*BEFORE, *(s.name for s in SCENARIOS), *AFTER]
+    return [name for name in every if not (quick and name in QUICK_SKIPS)]
 
 
 def parser() -> argparse.ArgumentParser:
@@ -337,13 +351,11 @@ def main(argv: list[str]) -> int:
             b = Bench(
                 args, workdir, pg, service_env(pg, keys, workdir), overrides, Context(keys, workdir), rows
             )
-            if "pgbench" in wanted:
-                for kind in ("session", "pair"):
-                    for clients in args.clients:
-                        b.pgbench(f"pgbench-{kind}", pgbench.script(kind), clients)
+            for name in (name for name in BEFORE if name in wanted):
+                BEFORE[name](b)
             run_scenarios(b, [s for s in SCENARIOS if s.name in wanted], stack)
-            if "pgbouncer" in wanted:
-                pgbouncer_phase(b)
+            for name in (name for name in AFTER if name in wanted):
+                AFTER[name](b)
     except (BenchError, subprocess.TimeoutExpired) as exc:
         print(f"bench: {exc}\nbench: logs kept in {workdir}", file=sys.stderr)
         return 1

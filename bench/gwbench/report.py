@@ -109,7 +109,7 @@ def app_cpu(rows: list[Row], clients: int = 16) -> list[str]:
             per = r.app_ms / REQUESTS.get(r.scenario.split("@")[0], 1)
             by_workers.setdefault(r.workers, []).append(f"{r.scenario} {per:.2f}")
     return [
-        f"[INFO] app CPU ms per request, {clients} connections, {w}w: " + ", ".join(c)
+        f"[INFO] app CPU ms per request, {clients} connection(s), {w}w: " + ", ".join(c)
         for w, c in sorted(by_workers.items())
     ]
 
