@@ -211,9 +211,11 @@ def run_scenarios(b: Bench, chosen: list[Scenario], stack: contextlib.ExitStack)
             for clients in b.args.clients:
                 b.run(scenario, server, clients, None)
     b.env |= b.overrides
-    for name, kind in SERVERS.items():
-        mine = [s for s in chosen if s.server == name]
-        for w in b.args.workers if mine and name not in sandboxes else []:
+    for w in b.args.workers:  # per worker count, the servers one after the other: neighbouring runs
+        for name, kind in SERVERS.items():
+            mine = [s for s in chosen if s.server == name]
+            if not mine or name in sandboxes:
+                continue
             with servers.started(kind.launch(b, w), kind.ready, workers=w) as server:
                 log(f"{server.name} up on port {server.port}")
                 if name == "service":

@@ -8,6 +8,7 @@ import base64
 import contextlib
 import os
 import secrets
+import shutil
 import signal
 import socket
 import subprocess
@@ -249,3 +250,4 @@ def pgbouncer(pg: Postgres, *, pool_size: int = 20) -> Iterator[Bouncer]:
         yield Bouncer(port, password, psutil.Process(bouncer.proc.pid))
     finally:
         bouncer.stop()
+        shutil.rmtree(bouncer.directory, ignore_errors=True)
