@@ -3,8 +3,9 @@
 The same statements (partner_gateway.store's, sent as the store sends them), the same header
 checks, the same answers, on a bare asyncpg pool with nothing between the endpoint and the
 driver: no settings object, no middleware, no logging, no metrics, no error renderers, no
-sealing or pseudonyms. Served exactly like the service (gwbench/serve.py, same uvicorn options
-and worker count), it is what the service's own code is measured against: `service ÷ floor`.
+sealing or pseudonyms. Served exactly like the service (uvicorn with the options of
+`partner-gateway serve`, the same worker count), it is what the service's own code is measured
+against: `service ÷ floor`. `trivial_app` is the HTTP stack's ceiling: one endpoint, nothing else.
 
 Its pool is asyncpg's own, with the reset on release switched off (the service's pool sends
 none either), so the floor is the stricter one.
@@ -31,6 +32,17 @@ UUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 
 async def _no_reset(conn: asyncpg.Connection) -> None:
     return None
+
+
+def trivial_app() -> FastAPI:
+    """The ceiling of the HTTP stack: one FastAPI endpoint, served like the service."""
+    app = FastAPI(title="trivial")
+
+    @app.get("/trivial")
+    async def trivial() -> dict[str, str]:
+        return {"status": "ok"}
+
+    return app
 
 
 def floor_app() -> FastAPI:

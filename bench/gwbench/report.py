@@ -1,357 +1,128 @@
-"""The printed table: ceilings, the service, ratios, targets, round trips."""
+"""The printed report: the table, the TARGETS block (what `bench --check` fails on), app CPU."""
 
 from __future__ import annotations
 
-import dataclasses
-import json
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
-from gwbench.audit import Audit, short
-from gwbench.measure import CPUS, Row
+from gwbench.scenarios import SCENARIOS, TARGETS, Target
+from gwbench.wrk import Row
 
-TITLES = {
-    "pgbench-session": "pgbench: /betlink/session statement",
-    "pgbench-auth": "pgbench: /betlink/authenticate transaction",
-    "pgbench-pair": "pgbench: session stmt + authenticate txn",
-    "trivial": "trivial FastAPI endpoint (uvicorn)",
-    "floor-session": "floor: /betlink/session, bare asyncpg",
-    "floor-pair": "floor: session → authenticate pair",
-    "direct": "BidPaw sandbox, called directly",
-    "session": "POST /betlink/session",
-    "pair": "session → authenticate pair, fresh keys",
-    "replay": "authenticate, same-key replay",
-    "healthz": "GET /healthz (service stack, no DB)",
-    "proxy": "GET /bidpaw/open-session → sandbox",
-}
-ORDER = list(TITLES)
-
-# The targets (issue 12): rates against the hand-written floor at RATE_CLIENTS connections, the
-# BidPaw overhead unloaded, the tail at the most connections; each at every worker count run.
-FLOOR_TARGET = 0.70
-RATE_CLIENTS = 16
-OVERHEAD_TARGET_MS = 1.0
-TAIL_TARGET = 4.0
-TAIL_SCENARIOS = ("session", "pair", "replay", "proxy")
-CPU_SCENARIOS = ("session", "pair", "replay", "healthz", "proxy")
+TITLES = {s.name: s.title for s in SCENARIOS} | {"pgbench-session": "pgbench: the session statement"}
+TITLES |= {"pgbench-pair": "pgbench: session stmt + auth txn"}
+REQUESTS = {s.name: s.requests for s in SCENARIOS}
 
 
-def _num(value: float) -> str:
-    return f"{value:,.0f}" if value >= 100 else f"{value:,.1f}"
+def title(name: str) -> str:
+    base, _, via = name.partition("@")  # "pair@pgbouncer": the pair with the service behind PgBouncer
+    return TITLES.get(base, base) + (f" [{via}]" if via else "")
 
 
-def _ms(value: float) -> str:
-    return f"{value:7.2f}" if value < 100 else f"{value:7.0f}"
-
-
-def _pct(value: float) -> str:
-    return f"{100 * value:3.0f}%"
-
-
-def table(rows: list[Row]) -> list[str]:
-    head = (
-        f"{'what':<42} {'w':>2} {'conns':>5} {'rate':>14} {'p50 ms':>7} {'p99 ms':>7} {'max ms':>7}"
-        f" {'err':>5} │ {'gen':>4} {'app':>4} {'pg':>4} {'oth':>4} │"
-        f" {'app ms':>6} {'pg ms':>6} {'xact':>5} {'conn+':>5}"
-    )
-    lines = [
-        f"{'':<42} {'':>2} {'':>5} {'':>14} {'':>7} {'':>7} {'':>7} {'':>5} │ {'CPU share':^19} │"
-        f" {'CPU per unit':^13} {'db per unit':^11}",
-        head,
-        "─" * len(head),
-    ]
-    for section, label in (("ceiling", "CEILINGS (same run, same machine)"), ("service", "THE SERVICE")):
-        lines.append(label)
-        chosen = sorted(
-            (row for row in rows if row.section == section),
-            key=lambda r: (ORDER.index(r.scenario), r.workers or 0, r.clients),
-        )
-        for row in chosen:
-            lines.append(_line(row))
-    return lines
-
-
-def _line(row: Row) -> str:
-    lat = row.latency
-    rate = f"{_num(row.rate)} {row.unit}"
-    text = (
-        f"{TITLES[row.scenario]:<42} {row.workers or '-':>2} {row.clients:>5} {rate:>14}"
-        f" {_ms(lat.p50) if lat else '':>7} {_ms(lat.p99) if lat else '':>7} {_ms(lat.max) if lat else '':>7}"
-        f" {row.errors:>5}"
-    )
-    cpu = row.cpu
-    if cpu is not None:
-        per_unit = 1000 / row.units if row.units else 0.0
-        text += (
-            f" │ {_pct(cpu.share(cpu.gen)):>4} {_pct(cpu.share(cpu.app)):>4} {_pct(cpu.share(cpu.pg)):>4}"
-            f" {_pct(cpu.share(cpu.other)):>4} │ {cpu.app * per_unit:6.2f} {cpu.pg * per_unit:6.2f}"
-        )
-    if row.db is not None and row.units:
-        xact = (row.db.commits + row.db.rollbacks) / row.units
-        text += f" {xact:5.1f} {row.db.sessions:>5}"
-    if row.note:
-        text += f"  ! {row.note}"
-    return text
-
-
-def _find(rows: Iterable[Row], scenario: str, clients: int, workers: int | None = None) -> Row | None:
-    for row in rows:
-        if (
-            row.scenario == scenario
-            and row.clients == clients
-            and (workers is None or row.workers == workers)
-        ):
-            return row
-    return None
-
-
-@dataclasses.dataclass
-class Verdict:
-    name: str
-    cells: dict[tuple[int, int], tuple[float, bool]]  # (workers, clients) -> (value, passed)
-    fmt: Callable[[float], str]
-    note: str = ""
-
-    def overall(self) -> tuple[str, str]:
-        if not self.cells:
-            return "n/a", "not measured"
-        missed = sorted(f"{w}w/{c}c" for (w, c), (_value, passed) in self.cells.items() if not passed)
-        if not missed:
-            return "PASS", "met at every worker count measured"
-        return "FAIL", "missed at " + ", ".join(missed)
-
-
-def _rate_clients(clients: tuple[int, ...]) -> int:
-    return RATE_CLIENTS if RATE_CLIENTS in clients else min(clients)
-
-
-def verdicts(rows: list[Row], clients: tuple[int, ...], workers: tuple[int, ...]) -> list[Verdict]:
-    service = [row for row in rows if row.section == "service"]
-    at = _rate_clients(clients)
-    pair = Verdict(
-        f"session → authenticate pair ≥ {FLOOR_TARGET:.0%} of the floor's, {at} connections", {}, _pct_str
-    )
-    session = Verdict(f"/betlink/session ≥ {FLOOR_TARGET:.0%} of the floor's, {at} connections", {}, _pct_str)
-    overhead = Verdict(
-        f"BidPaw proxy p50 overhead ≤ {OVERHEAD_TARGET_MS:g} ms (unloaded: 1 connection)", {}, _ms_str
-    )
-    tail = Verdict(f"p99 ≤ {TAIL_TARGET:g} x p50 at {max(clients)} connections (worst scenario)", {}, _x_str)
-    for w in workers:
-        for verdict, scenario in ((pair, "pair"), (session, "session")):
-            row, floor = _find(service, scenario, at, w), _find(rows, f"floor-{scenario}", at, w)
-            if row and floor and floor.rate:
-                ratio = row.rate / floor.rate
-                verdict.cells[(w, at)] = (ratio, ratio >= FLOOR_TARGET and row.valid)
-        proxy, direct = _find(service, "proxy", 1, w), _find(rows, "direct", 1)
-        if proxy and direct and proxy.latency and direct.latency:
-            extra = proxy.latency.p50 - direct.latency.p50
-            overhead.cells[(w, 1)] = (extra, extra <= OVERHEAD_TARGET_MS and proxy.valid)
-        worst: tuple[float, str] | None = None
-        for scenario in TAIL_SCENARIOS:
-            row = _find(service, scenario, max(clients), w)
-            if row and row.latency and row.latency.p50 > 0:
-                factor = row.latency.p99 / row.latency.p50
-                if worst is None or factor > worst[0]:
-                    worst = (factor, scenario)
-        if worst is not None:
-            tail.cells[(w, max(clients))] = (worst[0], worst[0] <= TAIL_TARGET)
-            tail.note += f" {w}w worst: {worst[1]};"
-            trivial = _find(rows, "trivial", max(clients), w)
-            if trivial and trivial.latency and trivial.latency.p50 > 0:
-                tail.note += f" trivial endpoint {w}w: {trivial.latency.p99 / trivial.latency.p50:.1f}x;"
-    return [pair, session, overhead, tail]
-
-
-def missed(rows: list[Row], clients: tuple[int, ...], workers: tuple[int, ...]) -> list[str]:
-    """The targets `bench --check` fails on: missed, or not measured at all."""
-    return [v.name for v in verdicts(rows, clients, workers) if v.overall()[0] != "PASS"]
-
-
-def _pct_str(value: float) -> str:
-    return f"{100 * value:.0f} %"
-
-
-def _ms_str(value: float) -> str:
-    return f"{value:+.2f} ms"
-
-
-def _x_str(value: float) -> str:
-    return f"{value:.1f}x"
-
-
-def ratios(rows: list[Row], clients: tuple[int, ...], workers: tuple[int, ...]) -> list[str]:
-    service = [row for row in rows if row.section == "service"]
-    cols = [(w, c) for w in workers for c in clients]
-    head = f"{'ratio':<52}" + "".join(f"{f'{w}w/{c}c':>10}" for w, c in cols)
+def table(rows: Iterable[Row]) -> list[str]:
+    head = f"{'what':<58} {'w':>2} {'conns':>5} {'rate':>15} {'p50 ms':>7} {'p99 ms':>7} {'err':>5}"
+    head += f" {'app ms':>7} {'pg ms':>6} {'gen ms':>6} {'load':>5}"
     lines = [head, "─" * len(head)]
-
-    def rate_ratio(label: str, num: str, den: str, *, same_workers: bool) -> None:
-        cells = []
-        for w, c in cols:
-            a = _find(rows, num, c, w)
-            b = _find(rows, den, c, w if same_workers else None)
-            cells.append(f"{100 * a.rate / b.rate:9.0f}%" if a and b and b.rate else f"{'-':>10}")
-        if any(cell.strip() != "-" for cell in cells):
-            lines.append(f"{label:<52}" + "".join(cells))
-
-    rate_ratio("/betlink/session ÷ hand-written floor", "session", "floor-session", same_workers=True)
-    rate_ratio("pair ÷ hand-written floor", "pair", "floor-pair", same_workers=True)
-    rate_ratio(
-        "floor session ÷ pgbench session statement", "floor-session", "pgbench-session", same_workers=False
-    )
-    rate_ratio(
-        "floor pair ÷ pgbench session + authenticate", "floor-pair", "pgbench-pair", same_workers=False
-    )
-    rate_ratio(
-        "/betlink/session ÷ pgbench session statement", "session", "pgbench-session", same_workers=False
-    )
-    rate_ratio("pair ÷ pgbench authenticate transaction", "pair", "pgbench-auth", same_workers=False)
-    rate_ratio("pair ÷ pgbench session + authenticate", "pair", "pgbench-pair", same_workers=False)
-    rate_ratio("/betlink/session ÷ trivial endpoint", "session", "trivial", same_workers=True)
-    rate_ratio("pair ÷ trivial endpoint", "pair", "trivial", same_workers=True)
-    rate_ratio("replay ÷ trivial endpoint", "replay", "trivial", same_workers=True)
-    rate_ratio("/healthz ÷ trivial endpoint", "healthz", "trivial", same_workers=True)
-    rate_ratio("open-session ÷ sandbox direct", "proxy", "direct", same_workers=False)
-    for what in ("p50", "p99"):
-        cells = []
-        for w, c in [(w, c) for w in workers for c in (1, *clients)]:
-            proxy, direct = _find(service, "proxy", c, w), _find(rows, "direct", c)
-            if proxy and direct and proxy.latency and direct.latency:
-                extra = getattr(proxy.latency, what) - getattr(direct.latency, what)
-                cells.append(f"{w}w/{c}c {extra:+.2f}")
-        if cells:
-            lines.append(f"{f'BidPaw proxy {what} overhead, ms':<52}" + "  ".join(cells))
-    return lines
-
-
-def targets(rows: list[Row], clients: tuple[int, ...], workers: tuple[int, ...]) -> list[str]:
-    lines = []
-    at = _rate_clients(clients)
-    budgets = [
-        _budget(rows, "pair", at, ("pgbench-pair",), ("pgbench-auth", "pgbench-session")),
-        _budget(rows, "session", at, ("pgbench-session",), ()),
-        [],
-        [],
-    ]
-    for verdict, budget in zip(verdicts(rows, clients, workers), budgets, strict=True):
-        status, why = verdict.overall()
-        cells = ", ".join(
-            f"{w}w/{c}c {verdict.fmt(value)} {'ok' if passed else 'MISS'}"
-            for (w, c), (value, passed) in sorted(verdict.cells.items())
+    for r in rows:
+        p99 = f"{r.p99:7.2f}" if r.p99 else f"{'avg':>7}"
+        rate = f"{r.rate:,.0f}"
+        text = f"{title(r.scenario):<58} {r.workers or '-':>2} {r.clients:>5} {rate:>9} {unit(r):<5}"
+        text += (
+            f" {r.p50:7.2f} {p99} {r.errors:>5} {r.app_ms:7.3f} {r.pg_ms:6.3f} {r.gen_ms:6.3f} {r.load:5.1f}"
         )
-        lines.append(f"[{status}] {verdict.name}: {why}")
-        if cells:
-            lines.append(f"        {cells}{'  (' + verdict.note.strip(' ;') + ')' if verdict.note else ''}")
-        lines += [f"        {line}" for line in budget]
-    lines.append(f"[INFO] app CPU per request (ms; a pair is two requests), {at} connections:")
-    lines += [f"        {line}" for line in app_cpu(rows, at, workers)]
+        lines.append(text + (f"  ! {r.note}" if r.note else ""))
     return lines
 
 
-def app_cpu(rows: list[Row], clients: int, workers: tuple[int, ...]) -> list[str]:
-    """The served processes' CPU per request, per scenario: the figure to trend across versions."""
-    lines = []
+def unit(row: Row) -> str:
+    if row.scenario.startswith("pgbench"):
+        return "tps"
+    return next((s.unit for s in SCENARIOS if s.name == row.scenario.split("@")[0]), "rps")
+
+
+def _find(rows: list[Row], scenario: str, clients: int, workers: int | None) -> Row | None:
+    """The row at these workers, or the one without workers (a server that has no worker count)."""
+    found = [
+        r for r in rows if r.scenario == scenario and r.clients == clients and r.workers in (workers, None)
+    ]
+    return found[0] if found else None
+
+
+def cells(target: Target, rows: list[Row]) -> dict[int, tuple[float, bool]]:
+    """Per worker count measured: the target's value and whether it is met."""
+    workers = sorted({r.workers for r in rows if r.scenario in target.scenarios and r.workers})
+    clients = target.clients or max((r.clients for r in rows), default=0)
+    found: dict[int, tuple[float, bool]] = {}
     for w in workers:
-        cells = []
-        for scenario in (*CPU_SCENARIOS, "floor-session", "floor-pair"):
-            row = _find(rows, scenario, clients, w)
-            if row is not None and row.cpu is not None and row.units:
-                per = 1000 * row.cpu.app / row.units / (2 if scenario.endswith("pair") else 1)
-                cells.append(f"{scenario} {per:.2f}")
-        if cells:
-            lines.append(f"{w}w: " + ", ".join(cells))
-    return lines
+        if target.kind == "tail":
+            ratios = [
+                r.p99 / r.p50 for s in target.scenarios if (r := _find(rows, s, clients, w)) and r.p50 > 0
+            ]
+            if ratios:
+                found[w] = (max(ratios), max(ratios) <= target.limit)
+            continue
+        row, other = _find(rows, target.scenarios[0], clients, w), _find(rows, target.other, clients, w)
+        if row is None or other is None or not other.rate:
+            continue
+        if target.kind == "share":
+            found[w] = (row.rate / other.rate, row.rate / other.rate >= target.limit and row.valid)
+        else:
+            found[w] = (row.p50 - other.p50, row.p50 - other.p50 <= target.limit and row.valid)
+    return found
 
 
-def _pg_ms(row: Row | None) -> float | None:
-    if row is None or row.cpu is None or not row.units:
-        return None
-    return 1000 * row.cpu.pg / row.units
+def _value(kind: str, value: float) -> str:
+    return {"share": f"{100 * value:.0f} %", "added": f"{value:+.2f} ms", "tail": f"{value:.1f}x"}[kind]
 
 
-def _budget(
-    rows: list[Row], scenario: str, clients: int, pg_alone: tuple[str, ...], pg_sum: tuple[str, ...]
-) -> list[str]:
-    """What the target leaves the app, per worker count: the machine's CPU per unit at the target
-    rate, less what PostgreSQL needs for the same SQL under pgbench and what the load generator
-    took; beside it what the floor's app spent."""
+def label(target: Target) -> str:
+    where = {0: "the most connections measured", 1: "1 connection"}.get(target.clients)
+    return f"{target.name}, {where or f'{target.clients} connections'}"
+
+
+def targets(rows: list[Row], chosen: Iterable[Target] = TARGETS) -> list[str]:
     lines = []
-    pg = _pg_ms(_find(rows, pg_alone[0], clients))
-    if pg is None and pg_sum:
-        parts = [_pg_ms(_find(rows, name, clients)) for name in pg_sum]
-        pg = sum(part for part in parts if part is not None) if all(p is not None for p in parts) else None
-    # The generator's cost per request where it runs fastest (the trivial endpoint): at low rates
-    # its fixed costs would overstate it.
-    requests = 2 if scenario == "pair" else 1
-    per_request = [
-        1000 * r.cpu.gen / r.units for r in rows if r.scenario == "trivial" and r.cpu is not None and r.units
-    ]
-    for row in rows:
-        if row.section != "service" or row.scenario != scenario or row.clients != clients:
+    for target in chosen:
+        found = cells(target, rows)
+        if not found:
+            lines.append(f"[n/a ] {label(target)}: not measured")
             continue
-        floor = _find(rows, f"floor-{scenario}", clients, row.workers)
-        if (
-            floor is None
-            or not floor.rate
-            or floor.cpu is None
-            or row.cpu is None
-            or not row.units
-            or pg is None
-        ):
-            continue
-        rate = FLOOR_TARGET * floor.rate
-        total = 1000 * CPUS / rate
-        gen = requests * min(per_request) if per_request else 1000 * row.cpu.gen / row.units
-        app = 1000 * row.cpu.app / row.units
-        floor_app = 1000 * floor.cpu.app / floor.units if floor.units else 0.0
+        missed = [w for w, (_, ok) in found.items() if not ok]
+        verdict = "FAIL" if missed else "PASS"
         lines.append(
-            f"{row.workers}w budget: at {rate:,.0f} {row.unit} the {CPUS} cores give {total:.2f} ms of CPU"
-            f" per unit; PostgreSQL needs ≥ {pg:.2f} (pgbench), the generator ≈ {gen:.2f}: the app may spend"
-            f" ≈ {total - pg - gen:.2f} ms; it spends {app:.2f}, the floor {floor_app:.2f}"
+            f"[{verdict}] {label(target)}: "
+            + ", ".join(
+                f"{w}w {_value(target.kind, v)} {'ok' if ok else 'MISS'}" for w, (v, ok) in found.items()
+            )
         )
     return lines
 
 
-def round_trips(audit: Audit) -> list[str]:
+def missed(rows: list[Row], chosen: Iterable[Target] = TARGETS) -> list[str]:
+    """The targets `bench --check` fails on: missed, or not measured at all."""
+    return [label(t) for t in chosen if not (cells(t, rows) and all(ok for _, ok in cells(t, rows).values()))]
+
+
+def app_cpu(rows: list[Row], clients: int = 16) -> list[str]:
+    """The served processes' CPU per HTTP request, per scenario: the figure to trend across versions."""
+    by_workers: dict[int, list[str]] = {}
+    for r in rows:
+        if r.workers and r.clients == clients and r.units:
+            per = r.app_ms / REQUESTS.get(r.scenario.split("@")[0], 1)
+            by_workers.setdefault(r.workers, []).append(f"{r.scenario} {per:.2f}")
+    return [
+        f"[INFO] app CPU ms per request, {clients} connection(s), {w}w: " + ", ".join(c)
+        for w, c in sorted(by_workers.items())
+    ]
+
+
+def against(rows: list[Row], via: str) -> list[str]:
+    """CPU per unit (app + PostgreSQL) of the `scenario@via…` rows against the same scenario direct
+    (pgbench's: against its `@simple` row, the same protocol straight to PostgreSQL)."""
     lines = []
-    for kind, statements in audit.statements.items():
-        lines.append(f"{kind}: {len(statements)} round trips")
-        lines += [f"    {short(sql)}" for sql in statements]
-    lines += [f"! {mismatch}" for mismatch in audit.mismatches]
+    for r in rows:
+        base, _, how = r.scenario.partition("@")
+        direct = _find(rows, base + ("@simple" if base.startswith("pgbench") else ""), r.clients, r.workers)
+        if how.startswith(via) and direct is not None and direct.app_ms + direct.pg_ms > 0:
+            change = (r.app_ms + r.pg_ms) / (direct.app_ms + direct.pg_ms) - 1
+            where = f"{r.workers}w/{r.clients}c" if r.workers else f"{r.clients}c"
+            lines.append(f"[INFO] {title(r.scenario)}, {where}: CPU per unit {change:+.0%} against direct")
     return lines
-
-
-def header(facts: dict[str, str]) -> list[str]:
-    return [f"{name}: {value}" for name, value in facts.items()]
-
-
-def legend() -> list[str]:
-    return [
-        f"CPU share: of the whole machine ({CPUS} cores = 100 %) during the run: gen = load generator (or",
-        "pgbench), app = the served processes (+ the sandbox for open-session rows), pg = the embedded",
-        "PostgreSQL, oth = everything else (kernel, other work on the machine: high values mean a busy",
-        "machine and lower figures). CPU per unit: ms of app / pg CPU per request, pair or transaction.",
-        "db per unit: PostgreSQL transactions (commits + rollbacks) per unit and connections opened",
-        "during the run, from pg_stat_database (flushed about once a second: approximate).",
-        "Rates count successful units only; err = non-2xx answers and socket errors.",
-    ]
-
-
-def busy_machine(rows: list[Row], threshold: float = 0.15) -> list[str]:
-    busy = [row for row in rows if row.cpu is not None and row.cpu.share(row.cpu.other) > threshold]
-    if not busy:
-        return []
-    worst = max(row.cpu.share(row.cpu.other) for row in busy if row.cpu is not None)
-    return [
-        f"! In {len(busy)} of {len(rows)} runs more than {threshold:.0%} of the machine went to other work"
-        f" (up to {worst:.0%}, column oth): rerun on a quiet machine for stable figures."
-    ]
-
-
-def to_json(rows: list[Row]) -> str:
-    def encode(value: Any) -> Any:
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            return {key: encode(item) for key, item in dataclasses.asdict(value).items()}
-        return value
-
-    return json.dumps([encode(row) for row in rows], indent=1, default=str)

