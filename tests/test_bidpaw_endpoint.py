@@ -680,6 +680,26 @@ class TestSessionRecord:
             assert (await open_session(client, "p-9")).status_code == 200
         assert [(r["user_id"], r["session"]) for r in await bidpaw_sessions(engine)] == [("p-9", None)]
 
+    async def test_a_record_that_cannot_be_written_is_a_503_not_the_link(
+        self, make_client: ClientFactory, sandbox: Sandbox, engine: AsyncEngine
+    ) -> None:
+        client = await make_client(**bidpaw_settings(sandbox.url), db_timeout_seconds=0.5)
+        async with engine.connect() as holder:
+            await holder.begin()
+            await holder.execute(text("LOCK TABLE bidpaw_sessions IN ACCESS EXCLUSIVE MODE"))
+            started = time.monotonic()
+            response = await open_session(client)
+            elapsed = time.monotonic() - started
+            await holder.rollback()
+        assert response.status_code == 503
+        assert response.json() == problem(
+            503, "Database unavailable", "the database did not answer in time; retry"
+        )
+        assert "iframeURL" not in response.text
+        assert elapsed < 3  # DB_TIMEOUT_SECONDS 0.5, with room for a busy runner
+        assert sandbox.app.state.received  # BidPaw was asked; its lobby was not handed out
+        assert await bidpaw_sessions(engine) == []
+
     async def test_no_failure_is_recorded(
         self, make_client: ClientFactory, sandbox: Sandbox, engine: AsyncEngine
     ) -> None:
