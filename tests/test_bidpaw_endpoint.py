@@ -537,6 +537,41 @@ class TestUpstreamFailures:
             await asyncio.wait_for(closed.wait(), 2)
 
 
+async def error_drips(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(
+        b"HTTP/1.1 400 Bad Request\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
+    )
+    for _ in range(600):
+        writer.write(b" ")
+        await writer.drain()
+        if reader.at_eof():
+            return
+        await asyncio.sleep(0.1)
+
+
+async def error_cut_off(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    await reader.readuntil(b"\r\n\r\n")
+    writer.write(b'HTTP/1.1 400 Bad Request\r\nContent-Length: 1000\r\n\r\n{"message": "Req')
+    await writer.drain()
+
+
+class TestAnErrorAnswerWhoseBodyMisbehaves:
+    @pytest.mark.parametrize("handler", [error_drips, error_cut_off], ids=["drips", "cut off"])
+    async def test_is_still_bidpaws_rejection_502_within_the_budget(
+        self, make_client: ClientFactory, handler: Handler, json_logs: Callable[[], str]
+    ) -> None:
+        async with raw_server(handler) as (url, _):
+            client = await make_client(**bidpaw_settings(url, timeout=1))
+            started = time.monotonic()
+            response = await open_session(client)
+            elapsed = time.monotonic() - started
+        assert elapsed < 2.5  # the 1 s budget, with room for a busy runner
+        assert response.json() == bad_gateway("BidPaw rejected the request (HTTP 400)")
+        (line,) = [json.loads(line) for line in json_logs().splitlines() if '"bidpaw.open_session"' in line]
+        assert (line["outcome"], line["bidpaw_status"], line["bidpaw_message"]) == ("rejected", 400, None)
+
+
 class TestDeadline:
     @pytest.mark.parametrize("handler", [never_answers, drips], ids=["never answers", "drips bytes"])
     async def test_is_504_within_the_budget_and_leaves_nothing_running(

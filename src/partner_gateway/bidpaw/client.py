@@ -223,6 +223,8 @@ class BidPawClient:
             async with asyncio.timeout(self._budget):
                 status, body = await self._send_with_retries(params, attempts)
         except TimeoutError:
+            if attempts.status not in (None, 200):  # its error answer was there; its body was slow
+                raise _not_ok(attempts.status, None) from None
             raise _past_deadline(attempts, self._budget) from None
         if status != 200:
             secrets = [self._secret.get_secret_value(), *attempts.signs]
@@ -288,12 +290,18 @@ async def _read_capped(response: httpx.Response) -> bytes:
 
 
 async def _read_prefix(response: httpx.Response, limit: int) -> bytes:
-    """The body when it fits in `limit` bytes, else b"" (a cut JSON document has no message)."""
+    """The body when it fits in `limit` bytes, else b"" (a cut JSON document has no message).
+
+    The status is the answer: a body that is too long, undecodable or cut off just has no message.
+    """
     body = bytearray()
-    async for chunk in response.aiter_bytes():
-        body += chunk
-        if len(body) > limit:
-            return b""
+    try:
+        async for chunk in response.aiter_bytes():
+            body += chunk
+            if len(body) > limit:
+                return b""
+    except (httpx.TransportError, httpx.DecodingError):
+        return b""
     return bytes(body)
 
 
