@@ -111,6 +111,9 @@ def _value(settings: Settings, name: str) -> str:
 class TestSecretsFromFiles:
     def test_every_key_setting_reads_a_file(self) -> None:
         assert set(FILE_SAMPLES) <= set(FILE_VARIABLES)
+        # Whoever adds a key or a secret (BIDPAW_CALLBACK_SECRET, WALLET_SECRET): as SecretStr.
+        names = {name.upper() for name in Settings.model_fields}
+        assert {name for name in names if name.endswith(("_KEY", "_KEYS", "_SECRET"))} <= set(FILE_VARIABLES)
         assert not {"LOG_LEVEL", "DB_POOL_SIZE", "BETLINK_OPERATOR_ID"} & set(FILE_VARIABLES)
 
     @pytest.mark.parametrize("name", FILE_VARIABLES)
