@@ -6,6 +6,9 @@ import asyncio
 import io
 import json
 import logging
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -21,6 +24,7 @@ from partner_gateway.logs import REDACTED, Redactor, configure_logging, redactor
 from partner_gateway.security import key_label
 from tests.conftest import BETLINK_KEY, ENCRYPTION_KEY, GATEWAY_HEADERS, GATEWAY_KEY, app_of
 from tests.helpers import auth_headers, authenticate, launch
+from tests.processes import free_port, service_environment, wait_ready
 
 BIDPAW_URL = "https://bidpaw.test"
 BIDPAW_SECRET = "bidpaw-secret-value"
@@ -335,6 +339,36 @@ class TestClientDisconnects:
         assert access["level"] == "info"
         metrics = (await client.get("/metrics")).text
         assert 'status="499"' in metrics
+
+
+@pytest.mark.slow
+class TestClientDisconnectsOnARealSocket:
+    def test_uvicorn_logs_a_499_at_info_and_no_error(self, database_url: str) -> None:
+        port = free_port()
+        environment = service_environment(database_url, LOG_LEVEL="INFO")
+        command = [sys.executable, "-m", "partner_gateway", "serve", "--port", str(port)]
+        proc = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, proc)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                head = (
+                    "POST /betlink/sessions/introspect HTTP/1.1\r\nHost: x\r\n"
+                    f"Authorization: Bearer {GATEWAY_KEY}\r\nContent-Type: application/json\r\n"
+                    "Content-Length: 2000\r\nX-Request-ID: gone-mid-body\r\n\r\n"
+                )
+                sock.sendall(head.encode() + b'{"operatorSessionToken": "')
+                time.sleep(0.3)  # the body is being read when the client hangs up
+            time.sleep(1)
+        finally:
+            proc.terminate()
+            output, _ = proc.communicate(timeout=30)
+        lines = [json.loads(line) for line in output.decode().splitlines() if line.startswith("{")]
+        mine = [line for line in lines if line.get("request_id") == "gone-mid-body"]
+        assert [(line["event"], line["level"], line.get("status")) for line in mine] == [
+            ("http.request", "info", 499)
+        ]
+        assert [line for line in lines if line["level"] in ("error", "critical")] == []
 
 
 class TestAccessLogCaller:
