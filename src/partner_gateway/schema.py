@@ -21,6 +21,8 @@ RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
     "players": ("SELECT", "INSERT", "UPDATE"),  # a block is lifted, never deleted
     "player_block_events": ("SELECT", "INSERT"),  # the self-exclusion audit trail: append-only
     "alembic_version": ("SELECT",),  # /readyz reads it; only migrate writes it
+    # The money ledger of BidPaw's wallet callbacks (migration 0003): kept for good, never deleted.
+    "wallet_transactions": ("SELECT", "INSERT", "UPDATE"),
 }
 
 
