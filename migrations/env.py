@@ -7,12 +7,14 @@ from logging.config import fileConfig
 from typing import Any
 
 from alembic import context
+from sqlalchemy import text
 from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from partner_gateway import models  # noqa: F401  (registers the tables)
 from partner_gateway.config import Settings
 from partner_gateway.db import Base, connection_mode
+from partner_gateway.schema import ROW_PRIVILEGES, RUNTIME_PRIVILEGES
 
 config = context.config
 if config.config_file_name is not None and not config.attributes.get("skip_logging_config"):
@@ -28,20 +30,60 @@ def _migrate(connection: Connection) -> None:
         connection.exec_driver_sql("SET LOCAL statement_timeout = 0")
         connection.exec_driver_sql("SET LOCAL lock_timeout = 0")
         context.run_migrations()
-        _set_role_defaults(connection, _mode()[1])
+        runtime_roles = _runtime_roles(connection)
+        _narrow_privileges(connection, runtime_roles)
+        _set_role_defaults(connection, _mode()[1], runtime_roles)
 
 
-def _set_role_defaults(connection: Connection, defaults: dict[str, str]) -> None:
-    """`ALTER ROLE current_user IN DATABASE current_database() SET name = value` for each."""
+def _runtime_roles(connection: Connection) -> list[str]:
+    """The roles this owner's default privileges let write rows in the tables it creates: the
+    service's runtime role(s), as deploy/postgres/app-role.psql sets them up."""
+    found = connection.exec_driver_sql(
+        "SELECT DISTINCT r.rolname FROM pg_default_acl d"
+        " CROSS JOIN LATERAL aclexplode(d.defaclacl) a JOIN pg_roles r ON r.oid = a.grantee"
+        " WHERE d.defaclrole = (SELECT oid FROM pg_roles WHERE rolname = current_user)"
+        " AND d.defaclobjtype = 'r' AND a.privilege_type = 'INSERT' ORDER BY 1"
+    )
+    return list(found.scalars())
+
+
+def _narrow_privileges(connection: Connection, roles: list[str]) -> None:
+    """Take from each runtime role what RUNTIME_PRIVILEGES does not give it: the default
+    privileges granted it rows on every table a migration created, the exceptions included."""
+    quote = connection.dialect.identifier_preparer.quote
+    held = connection.execute(
+        text(
+            "SELECT c.relname, r.rolname, a.privilege_type FROM pg_class c"
+            " CROSS JOIN LATERAL aclexplode(c.relacl) a JOIN pg_roles r ON r.oid = a.grantee"
+            " WHERE c.relnamespace = current_schema()::regnamespace AND c.relkind IN ('r', 'p')"
+            " AND r.rolname = ANY(:roles)"
+        ),
+        {"roles": roles},
+    )
+    excess: dict[tuple[str, str], list[str]] = {}
+    for table, role, privilege in held:
+        if privilege not in RUNTIME_PRIVILEGES.get(table, ROW_PRIVILEGES):
+            excess.setdefault((table, role), []).append(privilege)
+    for (table, role), privileges in sorted(excess.items()):
+        connection.exec_driver_sql(
+            f"REVOKE {', '.join(privileges)} ON TABLE {quote(table)} FROM {quote(role)}"
+        )
+
+
+def _set_role_defaults(connection: Connection, defaults: dict[str, str], runtime_roles: list[str]) -> None:
+    """`ALTER ROLE <role> IN DATABASE current_database() SET name = value` for each, for the
+    owner (current_user) and the runtime roles, which behind PgBouncer need them most."""
     if not defaults:
         return
     database = connection.exec_driver_sql("SELECT current_database()").scalar_one()
     quote = connection.dialect.identifier_preparer.quote
+    roles = ["CURRENT_USER", *(quote(role) for role in runtime_roles)]
     for name, value in defaults.items():
         literal = "'" + value.replace("'", "''") + "'"
-        connection.exec_driver_sql(
-            f"ALTER ROLE CURRENT_USER IN DATABASE {quote(database)} SET {name} = {literal}"
-        )
+        for role in roles:
+            connection.exec_driver_sql(
+                f"ALTER ROLE {role} IN DATABASE {quote(database)} SET {name} = {literal}"
+            )
         # They apply to sessions started from now on. PgBouncer keeps this server session for
         # its next clients, so it gets them too (session-level: they outlive the transaction).
         connection.exec_driver_sql(f"SELECT set_config('{name}', {literal}, false)")

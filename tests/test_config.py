@@ -6,11 +6,14 @@ import base64
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 
-from partner_gateway.config import ConfigError, load_settings
-from tests.conftest import ENCRYPTION_KEY
+from partner_gateway.config import ConfigError, Settings, file_settings, load_settings
+from tests.conftest import ENCRYPTION_KEY, GATEWAY_HEADERS
+from tests.processes import free_port, service_environment, wait_ready
 
 REQUIRED = {
     "DATABASE_URL": "postgresql+asyncpg://u:p@db.invalid/x",
@@ -126,6 +129,119 @@ class TestBidPawSettings:
             "partner-gateway: configuration error: BIDPAW_ALLOWED_COUNTRIES: Value error, must be "
             "comma-separated ISO 3166-1 alpha-2 codes, e.g. US,GB"
         ]
+
+
+# A value each secret setting accepts; one added later without an entry here gets the last.
+FILE_SAMPLES = {
+    "DATABASE_URL": "postgresql+asyncpg://gw:from-a-file@db.invalid/x",
+    "GATEWAY_API_KEYS": "gw-file-a,gw-file-b",
+    "BETLINK_API_KEYS": "bl-file",
+    "BETLINK_USER_ID_KEY": base64.b64encode(b"u" * 64).decode(),
+    "DATA_ENCRYPTION_KEY": base64.b64encode(b"d" * 32).decode(),
+    "BIDPAW_SECRET_KEY": "bidpaw-file-secret",
+}
+GENERIC_SAMPLE = "secret-from-a-file"
+FILE_VARIABLES = [name.upper() for name in file_settings(Settings)]
+
+
+def _value(settings: Settings, name: str) -> str:
+    value = getattr(settings, name.lower())
+    if isinstance(value, list):
+        return ",".join(item.get_secret_value() for item in value)
+    return value if isinstance(value, str) else str(value.get_secret_value())
+
+
+class TestSecretsFromFiles:
+    def test_every_key_setting_reads_a_file(self) -> None:
+        assert set(FILE_SAMPLES) <= set(FILE_VARIABLES)
+        # Whoever adds a key or a secret (BIDPAW_CALLBACK_SECRET, WALLET_SECRET): as SecretStr.
+        names = {name.upper() for name in Settings.model_fields}
+        assert {name for name in names if name.endswith(("_KEY", "_KEYS", "_SECRET"))} <= set(FILE_VARIABLES)
+        assert not {"LOG_LEVEL", "DB_POOL_SIZE", "BETLINK_OPERATOR_ID"} & set(FILE_VARIABLES)
+
+    @pytest.mark.parametrize("name", FILE_VARIABLES)
+    @pytest.mark.parametrize("ending", ["\n", "\r\n", ""])
+    def test_name_file_gives_the_content_without_its_trailing_newline(
+        self, env: pytest.MonkeyPatch, tmp_path: Path, name: str, ending: str
+    ) -> None:
+        value = FILE_SAMPLES.get(name, GENERIC_SAMPLE)
+        path = tmp_path / name.lower()
+        path.write_bytes((value + ending).encode())
+        env.delenv(name, raising=False)
+        env.setenv(f"{name}_FILE", str(path))
+        settings, _ = load_settings()
+        assert _value(settings, name) == value
+
+    def test_name_file_in_the_env_file_works_too(self, env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        (tmp_path / "keys").write_text("gw-from-dotenv\n")
+        (tmp_path / ".env").write_text(f"GATEWAY_API_KEYS_FILE={tmp_path / 'keys'}\n")
+        env.delenv("GATEWAY_API_KEYS")
+        settings, _ = load_settings()
+        assert _value(settings, "GATEWAY_API_KEYS") == "gw-from-dotenv"
+
+    def test_both_forms_set_is_one_line(self, env: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        (tmp_path / "keys").write_text("gw-file")
+        env.setenv("GATEWAY_API_KEYS_FILE", str(tmp_path / "keys"))
+        with pytest.raises(ConfigError) as raised:
+            load_settings()
+        assert str(raised.value) == "GATEWAY_API_KEYS and GATEWAY_API_KEYS_FILE are both set: keep one"
+
+    @pytest.mark.parametrize(
+        ("make", "reason"),
+        [
+            (lambda path: None, "No such file or directory"),
+            (lambda path: path.mkdir(), "Is a directory"),
+            (lambda path: path.write_bytes(b"\xff" + REQUIRED["GATEWAY_API_KEYS"].encode()), "is not UTF-8"),
+        ],
+    )
+    def test_a_file_that_cannot_be_read_is_one_line_naming_the_variable(
+        self, env: pytest.MonkeyPatch, tmp_path: Path, make: Any, reason: str
+    ) -> None:
+        path = tmp_path / "gateway-keys"
+        make(path)
+        env.delenv("GATEWAY_API_KEYS")
+        env.setenv("GATEWAY_API_KEYS_FILE", str(path))
+        with pytest.raises(ConfigError) as raised:
+            load_settings()
+        message = str(raised.value)
+        assert message.startswith(f"GATEWAY_API_KEYS_FILE: {path}") or message.startswith(
+            f"GATEWAY_API_KEYS_FILE: cannot read {path}: "
+        )
+        assert reason in message
+        assert "\n" not in message
+        assert "gw-a" not in message  # never the content
+
+    def test_serve_with_a_missing_file_prints_one_line_and_exits_2(
+        self, env: pytest.MonkeyPatch, tmp_path: Path
+    ) -> None:
+        env.delenv("DATA_ENCRYPTION_KEY")
+        env.setenv("DATA_ENCRYPTION_KEY_FILE", str(tmp_path / "absent"))
+        result = subprocess.run(
+            [sys.executable, "-m", "partner_gateway", "serve"], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            "partner-gateway: configuration error: DATA_ENCRYPTION_KEY_FILE: cannot read "
+            f"{tmp_path / 'absent'}: No such file or directory"
+        ]
+
+    @pytest.mark.slow
+    def test_serve_with_workers_takes_every_key_from_files(self, database_url: str, tmp_path: Path) -> None:
+        environment = service_environment(database_url)
+        for name in ("DATABASE_URL", "GATEWAY_API_KEYS", "BETLINK_API_KEYS", "DATA_ENCRYPTION_KEY"):
+            (tmp_path / name).write_text(environment.pop(name) + "\n")
+            environment[f"{name}_FILE"] = str(tmp_path / name)
+        port = free_port()
+        command = ["serve", "--port", str(port), "--workers", "2"]
+        proc = subprocess.Popen([sys.executable, "-m", "partner_gateway", *command], env=environment)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, proc)
+            answer = httpx.post(f"{url}/betlink/session", headers={**GATEWAY_HEADERS, "X-User-Id": "u"})
+            assert answer.status_code == 201, answer.text
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
 
 
 class TestLocalMode:

@@ -6,6 +6,9 @@ import asyncio
 import io
 import json
 import logging
+import socket
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -18,8 +21,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from partner_gateway.db import Database
 from partner_gateway.logs import REDACTED, Redactor, configure_logging, redactor
+from partner_gateway.security import key_label
 from tests.conftest import BETLINK_KEY, ENCRYPTION_KEY, GATEWAY_HEADERS, GATEWAY_KEY, app_of
 from tests.helpers import auth_headers, authenticate, launch
+from tests.processes import free_port, service_environment, wait_ready
 
 BIDPAW_URL = "https://bidpaw.test"
 BIDPAW_SECRET = "bidpaw-secret-value"
@@ -240,6 +245,151 @@ class TestBodyLimit:
             content=chunks(),
         )
         assert response.status_code == 413
+
+    @pytest.mark.parametrize(
+        ("method", "path", "headers"),
+        [
+            ("POST", "/betlink/session", {**GATEWAY_HEADERS, "X-User-Id": "p"}),  # reads no body
+            ("PUT", "/players/p/block", GATEWAY_HEADERS),
+            ("GET", "/healthz", {}),
+            ("POST", "/betlink/sessions/introspect", {"Authorization": "Bearer wrong"}),
+            ("POST", "/no/such/route", {}),
+        ],
+    )
+    async def test_a_declared_body_over_the_limit_is_413_on_every_route(
+        self, make_client: Callable[..., Any], method: str, path: str, headers: dict[str, str]
+    ) -> None:
+        client = await make_client()  # the default limit, 64 KiB: 70 kB is over it
+        response = await client.request(method, path, headers=headers, content=b"x" * 70_000)
+        assert response.status_code == 413, response.text
+        assert response.headers["content-type"] == "application/problem+json"
+        assert response.json() == {
+            "type": "about:blank",
+            "title": "Request Entity Too Large",
+            "status": 413,
+            "detail": "the request body is larger than 65536 bytes",
+        }
+        assert (await launch(client, "p"))["userId"] == "p"  # the PUT blocked nobody
+
+    async def test_authenticate_keeps_its_own_order_and_shape_over_the_limit(
+        self, make_client: Callable[..., Any]
+    ) -> None:
+        client = await make_client()
+        wrong_key = await client.post(
+            "/betlink/authenticate", headers=auth_headers(**{"X-API-Key": "wrong"}), content=b"x" * 70_000
+        )
+        assert wrong_key.status_code == 403
+        assert wrong_key.json()["errorCode"] == "AUTHENTICATION_FAILED"
+        too_large = await client.post("/betlink/authenticate", headers=auth_headers(), content=b"x" * 70_000)
+        assert too_large.status_code == 400
+        assert too_large.json()["errorCode"] == "MISSING_PARAMETER"
+
+
+async def _disconnect_mid_body(app: Any, path: str, headers: dict[str, str]) -> list[dict[str, Any]]:
+    """Send half of a declared body over a raw ASGI call, then hang up; the messages sent back."""
+    raw = [(name.lower().encode(), value.encode()) for name, value in headers.items()]
+    scope = {
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "POST",
+        "scheme": "http",
+        "path": path,
+        "raw_path": path.encode(),
+        "root_path": "",
+        "query_string": b"",
+        "headers": [*raw, (b"content-type", b"application/json"), (b"content-length", b"200")],
+        "client": ("127.0.0.1", 50000),
+        "server": ("127.0.0.1", 8000),
+    }
+    incoming = [{"type": "http.request", "body": b'{"operatorSessionToken": "', "more_body": True}]
+    sent: list[dict[str, Any]] = []
+
+    async def receive() -> dict[str, Any]:
+        return incoming.pop(0) if incoming else {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    await app(scope, receive, send)
+    return sent
+
+
+class TestClientDisconnects:
+    @pytest.mark.parametrize(
+        ("path", "headers"),
+        [
+            ("/betlink/sessions/introspect", GATEWAY_HEADERS),
+            ("/betlink/authenticate", auth_headers()),
+        ],
+    )
+    async def test_a_client_gone_mid_body_is_499_at_info_not_an_error(
+        self,
+        client: httpx.AsyncClient,
+        json_logs: Callable[[], list[dict[str, Any]]],
+        path: str,
+        headers: dict[str, str],
+    ) -> None:
+        json_logs()
+        sent = await _disconnect_mid_body(app_of(client), path, headers)
+        assert [m for m in sent if m["type"] == "http.response.start"] == []  # nobody to answer
+        lines = json_logs()
+        assert [line for line in lines if line["level"] in ("error", "critical")] == []
+        (access,) = [line for line in lines if line["event"] == "http.request"]
+        assert access["status"] == 499
+        assert access["level"] == "info"
+        metrics = (await client.get("/metrics")).text
+        assert 'status="499"' in metrics
+
+
+@pytest.mark.slow
+class TestClientDisconnectsOnARealSocket:
+    def test_uvicorn_logs_a_499_at_info_and_no_error(self, database_url: str) -> None:
+        port = free_port()
+        environment = service_environment(database_url, LOG_LEVEL="INFO")
+        command = [sys.executable, "-m", "partner_gateway", "serve", "--port", str(port)]
+        proc = subprocess.Popen(command, env=environment, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_ready(url, proc)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+                head = (
+                    "POST /betlink/sessions/introspect HTTP/1.1\r\nHost: x\r\n"
+                    f"Authorization: Bearer {GATEWAY_KEY}\r\nContent-Type: application/json\r\n"
+                    "Content-Length: 2000\r\nX-Request-ID: gone-mid-body\r\n\r\n"
+                )
+                sock.sendall(head.encode() + b'{"operatorSessionToken": "')
+                time.sleep(0.3)  # the body is being read when the client hangs up
+            time.sleep(1)
+        finally:
+            proc.terminate()
+            output, _ = proc.communicate(timeout=30)
+        lines = [json.loads(line) for line in output.decode().splitlines() if line.startswith("{")]
+        mine = [line for line in lines if line.get("request_id") == "gone-mid-body"]
+        assert [(line["event"], line["level"], line.get("status")) for line in mine] == [
+            ("http.request", "info", 499)
+        ]
+        assert [line for line in lines if line["level"] in ("error", "critical")] == []
+
+
+class TestAccessLogCaller:
+    async def test_carries_the_callers_key_label_never_the_key(
+        self, client: httpx.AsyncClient, json_logs: Callable[[], list[dict[str, Any]]]
+    ) -> None:
+        json_logs()
+        session = await launch(client, "labelled")
+        assert (await authenticate(client, session)).status_code == 200
+        await client.post("/betlink/session", headers={"Authorization": "Bearer wrong", "X-User-Id": "p"})
+        lines = json_logs()
+        access = [line for line in lines if line["event"] == "http.request"]
+        assert [line.get("caller") for line in access] == [
+            key_label(GATEWAY_KEY),
+            key_label(BETLINK_KEY),
+            None,
+        ]
+        text = json.dumps(lines)
+        assert GATEWAY_KEY not in text
+        assert BETLINK_KEY not in text
 
 
 class TestUnexpectedErrors:

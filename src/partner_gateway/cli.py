@@ -164,8 +164,12 @@ def serve(
             uvicorn.run(create_app(bound), host=host, port=port, **options)
             return
         # Worker processes build their own app from the environment: hand them the resolved
-        # settings (local mode's embedded URL and generated keys) as environment variables.
-        os.environ.update(_as_environment(bound))
+        # settings (local mode's embedded URL and generated keys) as environment variables,
+        # except those given as files (NAME_FILE), which they read themselves.
+        resolved = _as_environment(bound)
+        os.environ.update(
+            {name: value for name, value in resolved.items() if f"{name}_FILE" not in os.environ}
+        )
         with _metrics_directory():
             uvicorn.run(
                 "partner_gateway.app:app_from_environment",

@@ -14,10 +14,11 @@ import os
 import re
 import secrets
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -61,8 +62,73 @@ def _decode_keys(keys: list[SecretStr], *, size: int) -> list[bytes]:
     return decoded
 
 
+def _holds_secret(annotation: Any) -> bool:
+    return annotation is SecretStr or any(_holds_secret(arg) for arg in get_args(annotation))
+
+
+# Settings that carry a secret without being typed as one: the database password is in the URL.
+SECRET_STRINGS = frozenset({"database_url"})
+
+
+def file_settings(settings_cls: type[BaseSettings]) -> list[str]:
+    """The settings that may also come from `<NAME>_FILE`: every secret one, whoever adds it."""
+    fields = settings_cls.model_fields.items()
+    return [name for name, field in fields if name in SECRET_STRINGS or _holds_secret(field.annotation)]
+
+
+class SecretFiles(PydanticBaseSettingsSource):
+    """`<NAME>_FILE=<path>` gives a secret setting the content of that file, as Docker secrets
+    and Kubernetes Secrets mounted as files provide them: a value in the environment leaks
+    through /proc/<pid>/environ, `inspect` and crash dumps. One trailing newline (CR LF too) is
+    not part of the value. Setting both NAME and NAME_FILE, or naming a file that cannot be
+    read, stops start-up with one line naming the variable, never the file's content."""
+
+    def __init__(self, settings_cls: type[BaseSettings], dotenv: PydanticBaseSettingsSource) -> None:
+        super().__init__(settings_cls)
+        self._dotenv = dotenv
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return None, field_name, False  # everything happens in __call__
+
+    def __call__(self) -> dict[str, Any]:
+        dotenv: dict[str, str | None] = getattr(self._dotenv, "env_vars", {})
+        given = {name.lower(): value for name, value in [*dotenv.items(), *os.environ.items()]}
+        values: dict[str, Any] = {}
+        for name in file_settings(self.settings_cls):
+            path = given.get(f"{name}_file")
+            if path is None:
+                continue
+            variable = name.upper()
+            if given.get(name) is not None:
+                raise ConfigError(f"{variable} and {variable}_FILE are both set: keep one")
+            values[name] = _read_secret(f"{variable}_FILE", Path(path))
+        return values
+
+
+def _read_secret(variable: str, path: Path) -> str:
+    try:
+        content = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{variable}: cannot read {path}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{variable}: {path} is not UTF-8 text") from None
+    return content.removesuffix("\n").removesuffix("\r")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        files = SecretFiles(settings_cls, dotenv_settings)
+        return init_settings, env_settings, dotenv_settings, files, file_secret_settings
 
     database_url: str | None = None
     data_dir: Path = Path(".data")

@@ -1,5 +1,8 @@
 """Pure ASGI middleware: request ids, the access log line, HTTP metrics and the body size limit.
 
+The access line carries the caller's key label (`caller`, bound by the key checks in
+security.py), never the key.
+
 Pure ASGI rather than BaseHTTPMiddleware: that one runs the app in a separate task, which can
 leave a database connection checked out mid-transaction when a client disconnects.
 """
@@ -11,16 +14,18 @@ import time
 import uuid
 
 import structlog
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from partner_gateway.errors import BodyTooLarge, unexpected
+from partner_gateway.errors import AUTHENTICATE_PATH, BodyTooLarge, problem, unexpected
 from partner_gateway.logs import get_logger
 from partner_gateway.metrics import HTTP_LATENCY, HTTP_REQUESTS
 
 logger = get_logger("partner_gateway.access")
 
 REQUEST_ID_HEADER = b"x-request-id"
+# nginx's code for "the client closed the connection before the answer": nothing was sent.
+CLIENT_CLOSED_REQUEST = 499
 _VALID_REQUEST_ID = re.compile(rb"^[A-Za-z0-9._:-]{1,128}$")
 
 
@@ -75,7 +80,17 @@ class RequestContextMiddleware:
             await send(message)
 
         try:
-            await self.app(scope, self._limited(scope, receive), send_with_id)
+            if self._declared_too_large(scope):
+                # Refused before any route runs, whether or not it reads a body.
+                too_large = BodyTooLarge(self.max_body_bytes)
+                await problem(413, str(too_large.detail))(scope, receive, send_with_id)
+            else:
+                await self.app(scope, self._limited(scope, receive), send_with_id)
+        except ClientDisconnect:
+            if status is not None:
+                raise
+            # The client went away mid-body: nobody to answer, and not the service's failure.
+            status = CLIENT_CLOSED_REQUEST
         except Exception as exc:
             if status is not None:
                 raise
@@ -84,7 +99,15 @@ class RequestContextMiddleware:
             await unexpected(Request(scope), exc)(scope, receive, send_with_id)
         finally:
             self._record(scope, status or 500, time.perf_counter() - started)
-            structlog.contextvars.unbind_contextvars("request_id")
+            structlog.contextvars.unbind_contextvars("request_id", "caller")
+
+    def _declared_too_large(self, scope: Scope) -> bool:
+        """A Content-Length over the limit, except on BetLink's Auth endpoint, which checks its
+        key first and answers a body over the limit in BetLink's shape when it reads it."""
+        declared = _content_length(scope)
+        if declared is None or declared <= self.max_body_bytes:
+            return False
+        return not (scope["path"] == AUTHENTICATE_PATH and scope["method"] == "POST")
 
     def _limited(self, scope: Scope, receive: Receive) -> Receive:
         """A receive that refuses bodies over the limit, declared or streamed."""

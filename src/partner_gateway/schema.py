@@ -12,6 +12,19 @@ from alembic.script import ScriptDirectory
 
 PROJECT_ROOT = Path(__file__).resolve().parents[2]
 
+# What the runtime role (deploy/postgres/app-role.psql) may do to a table: rows, through the
+# owner's default privileges, so a table a later migration creates works for it at once...
+ROW_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+# ...except where the service does less, which `migrate` enforces after every upgrade (and the
+# script when it runs after one; keep its list in step, tests/deploy/test_app_role.py checks).
+RUNTIME_PRIVILEGES: dict[str, tuple[str, ...]] = {
+    "players": ("SELECT", "INSERT", "UPDATE"),  # a block is lifted, never deleted
+    "player_block_events": ("SELECT", "INSERT"),  # the self-exclusion audit trail: append-only
+    "alembic_version": ("SELECT",),  # /readyz reads it; only migrate writes it
+    # The money ledger of BidPaw's wallet callbacks (migration 0003): kept for good, never deleted.
+    "wallet_transactions": ("SELECT", "INSERT", "UPDATE"),
+}
+
 
 def alembic_config(url: str | None = None) -> Config:
     config = Config(str(PROJECT_ROOT / "alembic.ini"))

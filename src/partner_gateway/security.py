@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Annotated
 
+import structlog
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM, AESSIV
 from fastapi import Depends, Request
@@ -45,7 +46,10 @@ def key_label(key: str) -> str:
 
 
 def match_key(presented: str | None, keys: Sequence[SecretStr]) -> str | None:
-    """The label of the configured key equal to `presented`, compared in constant time."""
+    """The label of the configured key equal to `presented`, compared in constant time.
+
+    A match names the caller in every later log line of the request, the access line included
+    (`caller`, the label: never the key)."""
     if not presented:
         return None
     candidate = presented.encode()
@@ -53,7 +57,11 @@ def match_key(presented: str | None, keys: Sequence[SecretStr]) -> str | None:
     for key in keys:  # no early exit: every key is compared every time
         if hmac.compare_digest(candidate, key.get_secret_value().encode()):
             found = key.get_secret_value()
-    return key_label(found) if found is not None else None
+    if found is None:
+        return None
+    label = key_label(found)
+    structlog.contextvars.bind_contextvars(caller=label)
+    return label
 
 
 async def settings_of(request: Request) -> Settings:

@@ -95,7 +95,8 @@ def api_socket() -> Iterator[Path]:
 
 def _env_file(directory: Path, port: int) -> Path:
     values = {
-        "POSTGRES_PASSWORD": "owner-" + uuid.uuid4().hex,
+        "POSTGRES_PASSWORD": "superuser-" + uuid.uuid4().hex,
+        "OWNER_DB_PASSWORD": "owner-" + uuid.uuid4().hex,
         "APP_DB_PASSWORD": "app-" + uuid.uuid4().hex,
         "GATEWAY_API_KEYS": GATEWAY_KEY,
         "BETLINK_API_KEYS": BETLINK_KEY,
@@ -169,7 +170,11 @@ class TestComposeFile:
     def test_has_no_default_secret_and_builds_one_image(self) -> None:
         text = COMPOSE_FILE.read_text()
         passwords = re.findall(r"\$\{(\w*PASSWORD)(:.)?", text)
-        assert {name for name, _ in passwords} == {"POSTGRES_PASSWORD", "APP_DB_PASSWORD"}
+        assert {name for name, _ in passwords} == {
+            "POSTGRES_PASSWORD",
+            "OWNER_DB_PASSWORD",
+            "APP_DB_PASSWORD",
+        }
         assert {operator for _, operator in passwords} == {":?"}  # required, never defaulted
         services = yaml.safe_load(text)["services"]
         assert [name for name, service in services.items() if "build" in service] == ["app"]
@@ -183,9 +188,9 @@ class TestComposeFile:
         command = [_compose_binary(), "--file", str(COMPOSE_FILE), "--env-file", str(empty), "config"]
         result = subprocess.run(command, env=environment, capture_output=True, text=True, timeout=60)
         assert result.returncode != 0
-        assert (
-            "set APP_DB_PASSWORD (.env)" in result.stderr or "set POSTGRES_PASSWORD (.env)" in result.stderr
-        )
+        # Compose names the first missing one it meets, in no fixed order.
+        passwords = ("POSTGRES_PASSWORD", "OWNER_DB_PASSWORD", "APP_DB_PASSWORD")
+        assert any(f"set {name} (.env)" in result.stderr for name in passwords), result.stderr
 
     def test_passes_every_setting_of_the_service_through(self) -> None:
         settings = yaml.safe_load(COMPOSE_FILE.read_text())["x-settings"]
@@ -194,8 +199,8 @@ class TestComposeFile:
 
     def test_migrate_and_purge_get_no_api_or_encryption_keys(self) -> None:
         services = yaml.safe_load(COMPOSE_FILE.read_text())["services"]
-        assert set(services["migrate"]["environment"]) == {"DATABASE_URL"}
-        assert "gateway:${POSTGRES_PASSWORD" in services["migrate"]["environment"]["DATABASE_URL"]
+        assert set(services["migrate"]["environment"]) == {"DATABASE_URL", "DB_POOLER", "DB_TIMEOUT_SECONDS"}
+        assert "gateway:${OWNER_DB_PASSWORD" in services["migrate"]["environment"]["DATABASE_URL"]
         purge = services["purge"]["environment"]
         assert not [name for name in purge if name.endswith(("_KEYS", "_KEY"))]
         assert purge["DATABASE_URL"] == services["app"]["environment"]["DATABASE_URL"]
@@ -218,6 +223,18 @@ class TestComposeUp:
         )
         sessions = compose("exec", "-T", "postgres", "psql", "-U", "gateway", "-d", "gateway", "-Atc", query)
         assert sessions.stdout.split() == ["gateway_app"]
+
+    def test_no_service_is_a_superuser_and_the_audit_trail_is_append_only(
+        self, project: tuple[Compose, str]
+    ) -> None:
+        compose, _ = project
+        query = (
+            "SELECT rolname, rolsuper, has_table_privilege(rolname, 'player_block_events', 'DELETE'),"
+            " has_table_privilege(rolname, 'alembic_version', 'UPDATE') FROM pg_roles"
+            " WHERE rolname IN ('gateway', 'gateway_app') ORDER BY 1"
+        )
+        roles = compose("exec", "-T", "postgres", "psql", "-U", "gateway", "-d", "gateway", "-Atc", query)
+        assert roles.stdout.split() == ["gateway|f|t|t", "gateway_app|f|f|f"]
 
     def test_the_images_health_check_passes(self, project: tuple[Compose, str]) -> None:
         assert podman("healthcheck", "run", f"{PROJECT}-app-1", check=False).returncode == 0

@@ -85,9 +85,10 @@ def database() -> Iterator[Database]:
     started = time.monotonic()
     db = Database(free_port())
     environment = {
-        "POSTGRES_USER": "gateway",
-        "POSTGRES_PASSWORD": OWNER_PASSWORD,
+        "POSTGRES_USER": "postgres",  # the superuser sets up the owner `gateway`, no superuser
+        "POSTGRES_PASSWORD": "superuser-" + uuid.uuid4().hex,
         "POSTGRES_DB": "gateway",
+        "OWNER_DB_PASSWORD": OWNER_PASSWORD,
         "APP_DB_PASSWORD": APP_PASSWORD,
     }
     with container(
