@@ -210,7 +210,8 @@ class Deployment:
         race that a missing lock loses only now and then with ordinary concurrent requests (their
         arrivals spread over tens of milliseconds) is then lost nearly every time."""
         self.latencies.clear()
-        url = httpx.URL(self.url_for(path)) if "://" in self.url_for(path) else self.http.base_url.join(path)
+        target = self.url_for(path)
+        url = httpx.URL(target if "://" in target else self.public(path))
         go = asyncio.Event()
         ready: list[asyncio.Future[None]] = [asyncio.get_running_loop().create_future() for _ in requests]
         calls = [
