@@ -8,6 +8,13 @@ each with its own fault, and each run must fail exactly the check its fault name
 
 The injector remembers what it has seen (launch tokens issued, keys answered, blocks), so a fault
 fires on a *situation* (a used token, a blocked player's session), not on the check's name.
+
+Besides the faults named after the check they break (one per check), `BREAKAGES` holds the library
+of the deliberate breakages an adversarial review made (issue 20) and one per check added since,
+each with the checks certify must fail for it. Some are the real service's SQL with one clause
+patched (`SQL_PATCHES`, applied only to the requests that carry the fault): a missing row lock, a
+block that revokes nothing, a TTL ignored. A patch whose text no longer occurs in the store fails
+loudly, so the library cannot rot into faults that change nothing.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import sys
 import time
 from collections import defaultdict
 from collections.abc import Callable
+from contextvars import ContextVar
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import unquote
@@ -30,6 +38,9 @@ INTROSPECT = "/betlink/sessions/introspect"
 OPEN_SESSION = "/bidpaw/open-session"
 UUID_LENGTH = 36
 IDENTITY_HEADERS = frozenset({b"authorization", b"x-user-id", b"x-api-key", b"x-idempotency-key"})
+GATEWAY_PATHS = ("/betlink/session", "/betlink/sessions/", "/players/", OPEN_SESSION)
+MAX_BODY_BYTES = 65536
+ACTIVE_FAULT: ContextVar[str | None] = ContextVar("active_fault", default=None)
 
 
 @dataclass
@@ -112,6 +123,7 @@ class Seen:
     in_flight: dict[str, int] = field(default_factory=lambda: defaultdict(int))
     sessions: dict[str, str] = field(default_factory=dict)  # operatorSessionToken: player
     blocked: set[str] = field(default_factory=set)
+    rotated: set[str] = field(default_factory=set)  # tokens a replay replaced (one breakage)
 
     def player_of_path(self, path: str) -> str:
         return unquote(path.removeprefix("/players/").removesuffix("/block"))
@@ -131,8 +143,17 @@ Fault = Callable[[Seen, Arrival, Exchange], None]
 
 
 class FaultInjector:
-    def __init__(self, app: ASGIApp, *, betlink_key: str, operator_id: str, launch_token_ttl: float) -> None:
+    def __init__(
+        self,
+        app: ASGIApp,
+        *,
+        gateway_key: str,
+        betlink_key: str,
+        operator_id: str,
+        launch_token_ttl: float,
+    ) -> None:
         self.app = app
+        self.gateway_key = gateway_key
         self.betlink_key = betlink_key
         self.operator_id = operator_id
         self.ttl = launch_token_ttl
@@ -142,6 +163,10 @@ class FaultInjector:
             "auth.operator_id": self._ignore_operator_id,
             "auth.repeated_headers": take_first_copy,
             "bidpaw.repeated_player_headers": take_first_player_header,
+            "gateway.api_key": self._gateway_auth_off,
+            "authenticate_accepts_gateway_key": self._accept_gateway_key,
+            "gateway_accepts_betlink_key": self._gateway_accepts_betlink_key,
+            "no_body_limit": no_body_limit,
         }
         self.after: dict[str, Fault] = {**AFTER_FAULTS, "auth.expired_token": self._accept_expired}
 
@@ -161,9 +186,11 @@ class FaultInjector:
             self.before[fault](exchange)
             scope["headers"] = exchange.raw_headers
         arrival = self._arrive(exchange)
+        active = ACTIVE_FAULT.set(fault)
         try:
             await self.app(scope, _replay(exchange.body), _capture(exchange))
         finally:
+            ACTIVE_FAULT.reset(active)
             self._leave(exchange)
         self._record(exchange)
         if fault in self.after:
@@ -217,6 +244,25 @@ class FaultInjector:
             ex.body = json.dumps({**body, "operatorId": self.operator_id}).encode()
             ex.set_header("content-length", str(len(ex.body)))
 
+    def _gateway_auth_off(self, ex: Exchange) -> None:
+        """Gateway routes that never look at the key: every request gets the right one."""
+        if (
+            ex.path.startswith(GATEWAY_PATHS)
+            and ex.headers.get("authorization") != f"Bearer {self.gateway_key}"
+        ):
+            ex.set_header("authorization", f"Bearer {self.gateway_key}")
+
+    def _accept_gateway_key(self, ex: Exchange) -> None:
+        if ex.is_auth() and ex.headers.get("x-api-key") == self.gateway_key:
+            ex.set_header("x-api-key", self.betlink_key)
+
+    def _gateway_accepts_betlink_key(self, ex: Exchange) -> None:
+        if (
+            ex.path.startswith(GATEWAY_PATHS)
+            and ex.headers.get("authorization") == f"Bearer {self.betlink_key}"
+        ):
+            ex.set_header("authorization", f"Bearer {self.gateway_key}")
+
     def _accept_expired(self, seen: Seen, arrival: Arrival, ex: Exchange) -> None:
         issued = seen.issued.get(ex.sent("launchToken"))
         if ex.is_auth() and ex.status == 401 and issued and time.monotonic() - issued[1] > self.ttl:
@@ -237,6 +283,13 @@ def take_first_copy(ex: Exchange, only: frozenset[bytes] = IDENTITY_HEADERS) -> 
 
 def take_first_player_header(ex: Exchange) -> None:
     take_first_copy(ex, frozenset({b"x-user-country", b"x-user-currency"}))
+
+
+def no_body_limit(ex: Exchange) -> None:
+    """A service without MAX_BODY_BYTES: a padded JSON body is read whole (here: compacted)."""
+    if len(ex.body) > MAX_BODY_BYTES and ex.json is not None:
+        ex.body = json.dumps(ex.json).encode()
+        ex.set_header("content-length", str(len(ex.body)))
 
 
 # --- faults on the answer, one per check ---------------------------------------------------------
@@ -338,7 +391,7 @@ def wrong_expiry_on_introspection(seen: Seen, arrival: Arrival, ex: Exchange) ->
 
 
 def verbose_unknown_introspection(seen: Seen, arrival: Arrival, ex: Exchange) -> None:
-    if ex.path == INTROSPECT and ex.sent("operatorSessionToken") not in seen.sessions:
+    if ex.path == INTROSPECT and ex.status == 200 and ex.sent("operatorSessionToken") not in seen.sessions:
         ex.answer_json(200, {"active": False, "userId": None})
 
 
@@ -349,12 +402,17 @@ def blocked_session_stays_active(seen: Seen, arrival: Arrival, ex: Exchange) -> 
 
 
 def block_twice_conflicts(seen: Seen, arrival: Arrival, ex: Exchange) -> None:
-    if ex.method == "PUT" and ex.path.startswith("/players/") and arrival.was_blocked:
+    if ex.method == "PUT" and ex.path.startswith("/players/") and arrival.was_blocked and ex.status == 204:
         ex.problem(409)
 
 
 def unblock_twice_not_found(seen: Seen, arrival: Arrival, ex: Exchange) -> None:
-    if ex.method == "DELETE" and ex.path.startswith("/players/") and not arrival.was_blocked:
+    if (
+        ex.method == "DELETE"
+        and ex.path.startswith("/players/")
+        and not arrival.was_blocked
+        and ex.status == 204
+    ):
         ex.problem(404)
 
 
@@ -421,6 +479,26 @@ def drop_request_id(seen: Seen, arrival: Arrival, ex: Exchange) -> None:
     ex.response_headers = [(k, v) for k, v in ex.response_headers if k != b"x-request-id"]
 
 
+def rotate_token_on_replay(seen: Seen, arrival: Arrival, ex: Exchange) -> None:
+    """A replay that returns the stored bytes but stores a new token: the one BetLink holds dies."""
+    first = seen.first_answer.get(ex.headers.get("x-idempotency-key", "-"))
+    if ex.is_auth() and ex.status == 200 and arrival.key_uses > 1 and first and first[1] == 200:
+        seen.rotated.add(ex.answer["operatorSessionToken"])
+    if ex.path == INTROSPECT and ex.sent("operatorSessionToken") in seen.rotated:
+        ex.answer_json(200, {"active": False})
+
+
+def replay_without_no_store(seen: Seen, arrival: Arrival, ex: Exchange) -> None:
+    first = seen.first_answer.get(ex.headers.get("x-idempotency-key", "-"))
+    if ex.is_auth() and ex.status == 200 and arrival.key_uses > 1 and first and first[1] == 200:
+        ex.response_headers = [(k, v) for k, v in ex.response_headers if k != b"cache-control"]
+
+
+def openapi_without_paths(seen: Seen, arrival: Arrival, ex: Exchange) -> None:
+    if ex.path == "/openapi.json":
+        ex.answer_json(200, {"openapi": "3.1.0", "info": {"title": "fault"}, "paths": {}})
+
+
 AFTER_FAULTS: dict[str, Fault] = {
     "auth.idempotency_key": wrong_code_for_bad_idempotency_key,
     "auth.body_shape": accept_non_digit_timestamp,
@@ -450,6 +528,67 @@ AFTER_FAULTS: dict[str, Fault] = {
     "ops.readyz": not_ready,
     "ops.metrics": garbled_metrics,
     "ops.request_id": drop_request_id,
+    "ops.docs": openapi_without_paths,
+    "replay_rotates_token": rotate_token_on_replay,
+    "replay_without_no_store": replay_without_no_store,
+}
+
+# --- the real service's SQL with one clause patched: (statement name, text, replacement) ---------
+
+SQL_PATCHES: dict[str, tuple[str, str, str]] = {
+    # The review's launch token left unlocked: parallel exchanges under different keys race.
+    "launch_token_unlocked": ("claim_key_lock_session", "    FOR UPDATE OF s\n", ""),
+    "block_revokes_nothing": (
+        "revoke_sessions",
+        "AND revoked_at IS NULL",
+        "AND revoked_at IS NULL AND false",
+    ),
+    "block_revokes_sessions_only": (
+        "revoke_sessions",
+        "AND revoked_at IS NULL",
+        "AND revoked_at IS NULL AND session_token_hash IS NOT NULL",
+    ),
+    "block_revokes_launch_tokens_only": (
+        "revoke_sessions",
+        "AND revoked_at IS NULL",
+        "AND revoked_at IS NULL AND session_token_hash IS NULL",
+    ),
+    "idempotency_ttl_ignored": (
+        "claim_key_lock_session",
+        "WHERE idempotency_keys.expires_at <= EXCLUDED.created_at",
+        "WHERE false",
+    ),
+    "introspect_ignores_expiry": (
+        "live_session",
+        "s.session_expires_at > :now",
+        "s.session_expires_at > CAST(:now AS timestamptz) - interval '1 day'",
+    ),
+    "launch_ttl_ignored": (
+        "claim_key_lock_session",
+        "s.launch_expires_at,",
+        "s.launch_expires_at + interval '1 day' AS launch_expires_at,",
+    ),
+}
+
+# The library: each breakage and the checks certify must fail for it (no more, no fewer). The
+# faults named after a check (above) are in it too, each failing that check alone.
+REVIEW_BREAKAGES: dict[str, set[str]] = {  # issue 20's table, and the race
+    "gateway.api_key": {"gateway.api_key", "bidpaw.bad_input"},  # gateway auth off entirely
+    "block_revokes_nothing": {"auth.pending_across_block", "wallet.block_revokes_session"},
+    "authenticate_accepts_gateway_key": {"auth.api_key"},
+    "replay_rotates_token": {"idempotency.replay_token_live"},
+    "idempotency_ttl_ignored": {"idempotency.key_expiry"},
+    "introspect_ignores_expiry": {"wallet.session_expiry"},
+    "no_body_limit": {"limits.body_cap"},
+    "replay_without_no_store": {"idempotency.replay_headers"},
+    "launch_token_unlocked": {"idempotency.parallel_keys"},
+    "launch_ttl_ignored": {"auth.expired_token"},
+}
+ADDED_CHECK_BREAKAGES: dict[str, set[str]] = {  # one more per check issue 20 added
+    "gateway_accepts_betlink_key": {"gateway.api_key"},
+    "block_revokes_sessions_only": {"auth.pending_across_block"},
+    "block_revokes_launch_tokens_only": {"wallet.block_revokes_session"},
+    "ops.docs": {"ops.docs"},
 }
 
 
@@ -493,6 +632,34 @@ async def _send(send: Send, exchange: Exchange) -> None:
     await send({"type": "http.response.body", "body": exchange.response})
 
 
+class PatchedStatement:
+    """Stands in for one of the store's statements: the patched text for requests with its fault."""
+
+    def __init__(self, original: Any, patched: dict[str, Any]) -> None:
+        self._original = original
+        self._patched = patched
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._patched.get(ACTIVE_FAULT.get() or "", self._original), name)
+
+
+def install_sql_patches() -> None:
+    from partner_gateway import store
+    from partner_gateway.db import Statement
+
+    statements = {
+        value.name: (name, value) for name, value in vars(store).items() if isinstance(value, Statement)
+    }
+    for statement_name in {patch[0] for patch in SQL_PATCHES.values()}:
+        global_name, original = statements[statement_name]
+        patched = {}
+        for fault, (target, text, replacement) in SQL_PATCHES.items():
+            if target == statement_name:
+                assert text in original.text, f"{fault}: the store's {statement_name} no longer has {text!r}"
+                patched[fault] = Statement(statement_name, original.text.replace(text, replacement))
+        setattr(store, global_name, PatchedStatement(original, patched))
+
+
 def main(port: int) -> None:
     import uvicorn
 
@@ -503,8 +670,10 @@ def main(port: int) -> None:
     settings, _ = load_settings()
     setup_logging(settings)
     assert settings.betlink_operator_id is not None
+    install_sql_patches()
     app = FaultInjector(
         create_app(settings),
+        gateway_key=settings.gateway_api_keys[0].get_secret_value(),
         betlink_key=settings.betlink_api_keys[0].get_secret_value(),
         operator_id=settings.betlink_operator_id,
         launch_token_ttl=settings.betlink_launch_token_ttl_seconds,

@@ -2,12 +2,15 @@
 
 Three real processes for the module: the BidPaw sandbox, `partner-gateway serve`, and the service
 wrapped in `tests/certify/faults.py` (one fault per run, chosen by a header of the run's client).
-Launch tokens live 2 s, so the expired-token check waits about 2.5 s per run.
+Launch tokens live 3 s, processed keys 4 s and session tokens 5 s, so a run with the expiry checks
+lasts about 5.5 s (they wait alongside the other checks). What only a front proxy can break
+(`ops.public_surface`, `proxy.*`) is proven in tests/deploy/test_proxy.py, through real nginx.
 """
 
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import os
 import re
@@ -15,6 +18,7 @@ import subprocess
 import sys
 import time
 import xml.etree.ElementTree as ET
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,14 +31,22 @@ from partner_gateway.certify.checks import CHECKS
 from partner_gateway.certify.client import Options
 from partner_gateway.certify.runner import Run, certify
 from tests.certify.conftest import record_timing
-from tests.certify.faults import AFTER_FAULTS
+from tests.certify.faults import ADDED_CHECK_BREAKAGES, AFTER_FAULTS, REVIEW_BREAKAGES
 from tests.conftest import BETLINK_KEY, GATEWAY_KEY
 from tests.processes import bidpaw_sandbox, free_port, serve, service_environment, wait_listening, wait_ready
 
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[2]
-TTL = "2"
+TTLS = {"launch": "3", "idempotency": "4", "session": "5"}
+TTL_SETTINGS = {
+    "BETLINK_LAUNCH_TOKEN_TTL_SECONDS": TTLS["launch"],
+    "IDEMPOTENCY_TTL_SECONDS": TTLS["idempotency"],
+    "BETLINK_SESSION_TTL_SECONDS": TTLS["session"],
+}
+TTL_FLAGS = [f"--{name.replace('launch', 'launch-token')}-ttl" for name in TTLS]
+PROXY_ONLY = {"ops.public_surface", "proxy.user_id", "proxy.limits"}  # skipped without --ops-url/--proxy
+EXPIRY = {"auth.expired_token", "idempotency.key_expiry", "wallet.session_expiry"}
 BIDPAW_CLIENT_ID, BIDPAW_SECRET = "casino-certify", "sandbox-secret-certify"
 ALL_IDS = [check.id for check in CHECKS]
 LONG_TOKEN = re.compile(r"[A-Za-z0-9_-]{40,}")  # an operatorSessionToken is 43 such characters
@@ -58,7 +70,7 @@ def deployments(database_url: str) -> Iterator[tuple[str, str]]:
     sandbox_port, real_port, broken_port = free_port(), free_port(), free_port()
     bidpaw_url = f"http://127.0.0.1:{sandbox_port}"
     settings = {
-        "BETLINK_LAUNCH_TOKEN_TTL_SECONDS": TTL,
+        **TTL_SETTINGS,
         "BIDPAW_API_URL": bidpaw_url,
         "BIDPAW_CLIENT_ID": BIDPAW_CLIENT_ID,
         "BIDPAW_SECRET_KEY": BIDPAW_SECRET,
@@ -69,7 +81,9 @@ def deployments(database_url: str) -> Iterator[tuple[str, str]]:
         serve(
             database_url,
             real_port,
-            BETLINK_LAUNCH_TOKEN_TTL_SECONDS=TTL,
+            BETLINK_LAUNCH_TOKEN_TTL_SECONDS=TTLS["launch"],
+            IDEMPOTENCY_TTL_SECONDS=TTLS["idempotency"],
+            BETLINK_SESSION_TTL_SECONDS=TTLS["session"],
             BIDPAW_API_URL=bidpaw_url,
             BIDPAW_CLIENT_ID=BIDPAW_CLIENT_ID,
             BIDPAW_SECRET_KEY=BIDPAW_SECRET,
@@ -97,9 +111,9 @@ def _certify(url: str, *args: str) -> subprocess.Popen[str]:
     """The command as an operator runs it: keys from GATEWAY_API_KEYS/BETLINK_API_KEYS, no DATABASE_URL."""
     env = {k: v for k, v in os.environ.items() if "DATABASE_URL" not in k}
     env.update(GATEWAY_API_KEYS=f"{GATEWAY_KEY},other-key", BETLINK_API_KEYS=BETLINK_KEY)
-    command = [sys.executable, "-m", "partner_gateway", "certify", "--url", url, "--launch-token-ttl", TTL]
+    command = [sys.executable, "-m", "partner_gateway", "certify", "--url", url]
     return subprocess.Popen(
-        [*command, "--bidpaw", "--parallel-same-key", "4", "--parallel-keys", "4", *args],
+        [*command, "--bidpaw", "--parallel-same-key", "4", *args],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -121,9 +135,18 @@ def real_runs(deployments: tuple[str, str], tmp_path_factory: pytest.TempPathFac
     junit = tmp_path_factory.mktemp("certify") / "certify.xml"
     procs = {
         "table": _certify(
-            deployments[0], "--junit", str(junit), "--bidpaw-iframe-prefix", "https://sandbox.bidpaw.invalid/"
+            deployments[0],
+            "--junit",
+            str(junit),
+            "--bidpaw-iframe-prefix",
+            "https://sandbox.bidpaw.invalid/",
+            *[word for flag, ttl in zip(TTL_FLAGS, TTLS.values(), strict=True) for word in (flag, ttl)],
         ),
-        "json": _certify(deployments[0], "--json", "--player", "certify-json-player"),
+        # Only the session TTL (auth.success compares sessionExpiry with it): the other expiry
+        # checks are skipped.
+        "json": _certify(
+            deployments[0], "--json", "--player", "certify-json-player", "--session-ttl", TTLS["session"]
+        ),
     }
     finished = {}
     for name, proc in procs.items():
@@ -145,14 +168,16 @@ class TestAgainstTheRealService:
         done, junit = real_runs["table"], real_runs["junit"].stdout
         assert done.returncode == 0, done.stdout + done.stderr
         lines = done.stdout.splitlines()
-        assert [line.split()[:2] for line in lines if line.startswith(("PASS", "FAIL"))] == [
-            ["PASS", check_id] for check_id in ALL_IDS
+        assert [line.split()[:2] for line in lines if line.startswith(("PASS", "FAIL", "SKIP"))] == [
+            ["SKIP" if check_id in PROXY_ONLY else "PASS", check_id] for check_id in ALL_IDS
         ]
+        assert "not checked: --ops-url not given" in done.stdout
         assert re.search(r"^cleanup: player certify-[0-9a-f]{8} unblocked", done.stdout, re.M)
         assert lines[-1] == "CERTIFY PASSED"
         suite = ET.fromstring(junit).find("testsuite")
         assert suite is not None
         assert (suite.get("tests"), suite.get("failures")) == (str(len(CHECKS)), "0")
+        assert suite.get("skipped") == str(len(PROXY_ONLY))
         assert [case.get("name") for case in suite.iter("testcase")] == ALL_IDS
         assert not list(suite.iter("failure"))
         _assert_no_secret(done.stdout + done.stderr + junit)
@@ -162,14 +187,18 @@ class TestAgainstTheRealService:
         assert done.returncode == 0, done.stdout + done.stderr
         document = json.loads(done.stdout)
         assert (document["passed"], document["player"]) == (True, "certify-json-player")
-        assert [(c["id"], c["status"]) for c in document["checks"]] == [(i, "PASS") for i in ALL_IDS]
+        # Without the TTL flags the expiry checks are skipped, each saying which flag it needs.
+        assert [(c["id"], c["status"]) for c in document["checks"]] == [
+            (i, "SKIP" if i in PROXY_ONLY | EXPIRY - {"wallet.session_expiry"} else "PASS") for i in ALL_IDS
+        ]
+        skipped = {c["id"]: c["skipped"] for c in document["checks"] if c["status"] == "SKIP"}
+        assert skipped["idempotency.key_expiry"].startswith("--idempotency-ttl not given")
         assert all(c["seconds"] >= 0 for c in document["checks"])
         parallel = {c["id"]: c["latency"] for c in document["checks"] if "latency" in c}
         assert set(parallel) == {"idempotency.parallel_same_key", "idempotency.parallel_keys"}
-        assert all(
-            figures["requests"] == 4 and figures["p99_ms"] >= figures["p50_ms"] > 0
-            for figures in parallel.values()
-        )
+        assert parallel["idempotency.parallel_same_key"]["requests"] == 4
+        assert parallel["idempotency.parallel_keys"]["requests"] == 16 * 3  # the defaults: 16, 3 rounds
+        assert all(figures["p99_ms"] >= figures["p50_ms"] > 0 for figures in parallel.values())
         assert document["cleanup"]["done"] is True
         _assert_no_secret(done.stdout + done.stderr)
 
@@ -184,20 +213,38 @@ class TestWithoutKeys:
         assert "--betlink-key or CERTIFY_BETLINK_KEY or BETLINK_API_KEYS" in done.stderr
 
 
-def _faults() -> list[str]:
-    return [
-        *AFTER_FAULTS,
-        "auth.api_key",
-        "auth.operator_id",
-        "auth.repeated_headers",
-        "auth.expired_token",
-        "bidpaw.repeated_player_headers",
-    ]
+CHECK_FAULTS = [
+    *AFTER_FAULTS,
+    "auth.api_key",
+    "auth.operator_id",
+    "auth.repeated_headers",
+    "auth.expired_token",
+    "bidpaw.repeated_player_headers",
+]
+# Every breakage of the library, and the checks certify must fail for it: exactly these.
+LIBRARY: dict[str, set[str]] = {
+    **{fault: {fault} for fault in CHECK_FAULTS if fault in ALL_IDS},
+    # A replay that is not byte-identical is not one for the replay's headers (its length) and
+    # the idempotency TTL check (its replay within the TTL) either.
+    "idempotency.replay": {"idempotency.replay", "idempotency.replay_headers", "idempotency.key_expiry"},
+    # A wrong sessionExpiry in introspection shows wherever a live session is introspected.
+    "wallet.introspect_live": {
+        "wallet.introspect_live",
+        "idempotency.replay_token_live",
+        "wallet.session_expiry",
+    },
+    **REVIEW_BREAKAGES,
+    **ADDED_CHECK_BREAKAGES,
+}
+RACES = {"launch_token_unlocked", "idempotency.parallel_keys"}  # run with the race at its defaults
+RACE_RUNS = 3  # the unlocked launch token, run this many times: it must be caught every time
 
 
 class TestEachFaultFailsExactlyItsCheck:
     def test_every_check_has_a_fault(self) -> None:
-        assert sorted(_faults()) == sorted(ALL_IDS)
+        caught = set().union(*LIBRARY.values())
+        assert caught | PROXY_ONLY == set(ALL_IDS)
+        assert len(REVIEW_BREAKAGES) >= 10
 
     async def test_a_broken_deployment_fails_only_the_check_its_fault_breaks(
         self, deployments: tuple[str, str]
@@ -205,7 +252,7 @@ class TestEachFaultFailsExactlyItsCheck:
         started = time.perf_counter()
         gate = asyncio.Semaphore(PARALLEL_RUNS)
 
-        async def run(fault: str) -> Run:
+        async def run(fault: str, attempt: str = "0") -> Run:
             async with (
                 gate,
                 httpx.AsyncClient(
@@ -213,12 +260,16 @@ class TestEachFaultFailsExactlyItsCheck:
                 ) as http,
             ):
                 options = Options(
-                    player=f"certify-fault-{fault}",
-                    launch_token_ttl=float(TTL),
+                    player=f"certify-fault-{zlib.crc32(fault.encode()):08x}-{attempt}",  # short
+                    launch_token_ttl=float(TTLS["launch"]),
+                    idempotency_ttl=float(TTLS["idempotency"]),
+                    session_ttl=float(TTLS["session"]),
                     bidpaw=True,
                     parallel_same_key=3,
-                    parallel_keys=3,
+                    # The race at its defaults (16 keys, 3 rounds) where it is what is broken.
                 )
+                if fault not in RACES:
+                    options = dataclasses.replace(options, parallel_keys=4, parallel_rounds=1)
                 return await certify(
                     deployments[1],
                     gateway_key=GATEWAY_KEY,
@@ -227,13 +278,21 @@ class TestEachFaultFailsExactlyItsCheck:
                     http=http,
                 )
 
-        runs = dict(zip(_faults(), await asyncio.gather(*(run(fault) for fault in _faults())), strict=True))
-        record_timing(f"{len(runs)} fault runs, {PARALLEL_RUNS} at a time", started)
-        failed = {fault: [r.check.id for r in run.results if not r.passed] for fault, run in runs.items()}
-        assert failed == {fault: [fault] for fault in runs}, {
-            fault: [(r.check.id, r.expected, r.actual) for r in run.results if not r.passed]
-            for fault, run in runs.items()
-            if failed[fault] != [fault]
+        names = [*LIBRARY, *(f"launch_token_unlocked#{n}" for n in range(1, RACE_RUNS))]
+        done = await asyncio.gather(*(run(*name.split("#")) if "#" in name else run(name) for name in names))
+        runs = dict(zip(names, done, strict=True))
+        record_timing(f"{len(runs)} breakage runs, {PARALLEL_RUNS} at a time", started)
+        slowest = sorted(runs.items(), key=lambda item: -item[1].seconds)[:3]
+        record_timing(
+            "slowest breakage runs: " + ", ".join(f"{name} {run.seconds:.1f} s" for name, run in slowest),
+            started,
+        )
+        failed = {name: {r.check.id for r in run.results if not r.passed} for name, run in runs.items()}
+        expected = {name: LIBRARY[name.split("#")[0]] for name in runs}
+        assert failed == expected, {
+            name: [(r.check.id, r.expected, r.actual) for r in run.results if not r.passed]
+            for name, run in runs.items()
+            if failed[name] != expected[name]
         }
         # A DELETE that is not idempotent also defeats the final unblock, and the run says so.
         assert {fault for fault, run in runs.items() if not run.cleanup.done} == {"wallet.unblock"}

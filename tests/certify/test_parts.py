@@ -13,7 +13,7 @@ import pytest
 
 from partner_gateway.certify import report
 from partner_gateway.certify.checks import CHECKS, percentiles, success_fields
-from partner_gateway.certify.client import MASK, Secrets, describe
+from partner_gateway.certify.client import MASK, Secrets, describe, parse_response
 from partner_gateway.certify.runner import Cleanup, Result, Run
 
 SENT = {"requestId": "5a7c3f1e-0000-4000-8000-000000000001", "userId": "u1", "operatorId": "op"}
@@ -52,7 +52,7 @@ class TestSuccessFields:
             ({"timestamp": "1000", "sessionExpiry": "1801000"}, "timestamp within 5 minutes"),
             (
                 {"sessionExpiry": str(int(time.time() * 1000) + 3_600_000)},
-                "sessionExpiry = timestamp + 30 minutes",
+                "sessionExpiry = timestamp + 1800 s",
             ),
             ({"redirectUrl": "/home"}, "redirectUrl an absolute URL"),
         ],
@@ -101,7 +101,7 @@ class TestReports:
         assert lines[4].split(None, 1) == ["expected:", "400 <MISSING_PARAMETER>"]
         assert lines[5].split(None, 1) == ["actual:", '403 {"a": "&"}']
         assert lines[-3:] == [
-            "1 passed, 1 failed in 1.5 s",
+            "1 passed, 1 failed, 0 skipped in 1.5 s",
             "cleanup: player certify-x unblocked",
             "CERTIFY FAILED",
         ]
@@ -120,3 +120,52 @@ class TestReports:
         assert document["passed"] is False
         assert [c["status"] for c in document["checks"]] == ["PASS", "FAIL"]
         assert document["checks"][1]["actual"] == '403 {"a": "&"}'
+
+
+class TestRawAnswers:
+    """The parallel-keys race reads its answers off raw sockets (certify's `Deployment.race`)."""
+
+    def test_content_length(self) -> None:
+        raw = (
+            b"HTTP/1.1 401 Unauthorized\r\nContent-Type: application/json\r\nContent-Length: 2\r\n\r\n{}extra"
+        )
+        answer = parse_response(raw)
+        assert (answer.status_code, answer.content, answer.headers["content-type"]) == (
+            401,
+            b"{}",
+            "application/json",
+        )
+
+    def test_chunked(self) -> None:
+        raw = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\n\r\n"
+        assert parse_response(raw).content == b"abcde"
+
+    def test_not_http(self) -> None:
+        with pytest.raises(httpx.RemoteProtocolError):
+            parse_response(b"")
+
+
+class TestSkipped:
+    def test_a_skipped_check_says_why_everywhere_and_does_not_fail_the_run(self) -> None:
+        why = "--session-ttl not given: session-token expiry not checked"
+        results = (Result(CHECKS[0], True, 0.0, skipped=why),)
+        run = Run(
+            "http://gw", "p", datetime(2026, 12, 2, tzinfo=UTC), 0.1, results, Cleanup(True, "cleanup: ok")
+        )
+        assert run.passed
+        lines = report.table(run).splitlines()
+        assert lines[2].split()[:2] == ["SKIP", CHECKS[0].id]
+        assert lines[3].split(None, 2) == ["not", "checked:", why]
+        assert "0 passed, 0 failed, 1 skipped" in lines[-3]
+        skipped = ET.fromstring(report.junit(run)).find("testsuite/testcase/skipped")
+        assert skipped is not None
+        assert skipped.get("message") == why
+        assert json.loads(report.as_json(run))["checks"][0] == {
+            "id": CHECKS[0].id,
+            "title": CHECKS[0].title,
+            "status": "SKIP",
+            "seconds": 0.0,
+            "expected": None,
+            "actual": None,
+            "skipped": why,
+        }

@@ -8,6 +8,7 @@ changes the player's state (a block) puts it back before it returns.
 from __future__ import annotations
 
 import asyncio
+import json
 import math
 import re
 import time
@@ -23,6 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from partner_gateway.certify.client import (
     Deployment,
     Failed,
+    LaunchToken,
+    Skipped,
     auth_body,
     describe,
     json_or_none,
@@ -41,6 +44,7 @@ class Check:
     title: str
     run: CheckFunction
     bidpaw: bool = False  # only with --bidpaw
+    waits: bool = False  # waits out a TTL: runs alongside the others, on a player of its own
 
     @property
     def group(self) -> str:
@@ -59,11 +63,13 @@ SUCCESS_FIELDS = {
     "redirectUrl",
 }
 PROBLEM_FIELDS = {"type", "title", "status", "detail"}
-SESSION_MS = 30 * 60 * 1000
 CLOCK_SKEW_MS = 5 * 60 * 1000
 EXPIRY_SLACK_MS = 2000
 URL_SAFE_256_BITS = re.compile(r"^[A-Za-z0-9_-]{43,}$")
-EXPIRY_MARGIN_SECONDS = 0.5
+EXPIRY_MARGIN_SECONDS = 0.5  # an expiry is probed this long after it, and up to a second before
+EXPIRY_ATTEMPTS = 3
+OVER_THE_CAP_BYTES = 200_000  # above any sane MAX_BODY_BYTES (the contract's default is 64 KiB)
+OVERSIZED_HEADER_BYTES = 20_000  # above the front proxy's 16 KiB per header line
 
 
 # --- expectations ---------------------------------------------------------------------------
@@ -110,7 +116,9 @@ def expect_body(response: httpx.Response, body: dict[str, Any], what: str) -> No
         raise Failed(f"{what}: 200 {body}", describe(response))
 
 
-def success_fields(sent: dict[str, Any], response: httpx.Response) -> list[str]:
+def success_fields(
+    sent: dict[str, Any], response: httpx.Response, *, session_ms: float = 30 * 60 * 1000
+) -> list[str]:
     """What is wrong with a 200 of the Auth endpoint (nothing: an empty list)."""
     body = json_or_none(response)
     if response.status_code != 200 or not isinstance(body, dict):
@@ -131,8 +139,8 @@ def success_fields(sent: dict[str, Any], response: httpx.Response) -> list[str]:
     timestamp, expiry = int(body["timestamp"]), int(body["sessionExpiry"])
     if abs(timestamp - time.time() * 1000) > CLOCK_SKEW_MS:
         wrong.append("timestamp within 5 minutes of this machine's clock")
-    if abs(expiry - timestamp - SESSION_MS) > EXPIRY_SLACK_MS:
-        wrong.append("sessionExpiry = timestamp + 30 minutes")
+    if abs(expiry - timestamp - session_ms) > EXPIRY_SLACK_MS:
+        wrong.append(f"sessionExpiry = timestamp + {session_ms / 1000:g} s")
     if (
         urlsplit(body["redirectUrl"]).scheme not in ("http", "https")
         or not urlsplit(body["redirectUrl"]).netloc
@@ -170,7 +178,11 @@ async def blocked(d: Deployment) -> AsyncIterator[None]:
 
 async def api_key(d: Deployment) -> None:
     launch = await d.launch_token()
-    for probe, value in (("missing X-API-Key: ", ""), ("wrong X-API-Key: ", "certify-not-a-key")):
+    for probe, value in (
+        ("missing X-API-Key: ", ""),
+        ("wrong X-API-Key: ", "certify-not-a-key"),
+        ("the casino gateway's key as X-API-Key: ", d.gateway_key),
+    ):
         expect_betlink_error(
             await d.authenticate(auth_body(launch), api_key=value), 403, "AUTHENTICATION_FAILED", probe=probe
         )
@@ -191,10 +203,12 @@ async def repeated_headers(d: Deployment) -> None:
     for name, code in (("X-API-Key", "AUTHENTICATION_FAILED"), ("X-Idempotency-Key", "MISSING_PARAMETER")):
         answer = await d.authenticate(auth_body(launch), twice=name)
         expect_betlink_error(answer, 403 if name == "X-API-Key" else 400, code, probe=f"{name} twice: ")
-    for name, status in (("Authorization", 401), ("X-User-Id", 400)):
+    for name, statuses in (("Authorization", (401, 400)), ("X-User-Id", (400,))):
         headers = list(d.gateway(user=d.player).items())
         headers += [(header, value) for header, value in headers if header == name]
         refused = await d.request("POST", "/betlink/session", headers=headers)
+        # A front proxy may refuse a second Authorization itself (nginx: 400), in our shape.
+        status = refused.status_code if refused.status_code in statuses else statuses[0]
         expect_problem(refused, status, probe=f"POST /betlink/session with {name} twice: ")
     await d.exchange(launch)  # and with one copy of each, the same request is accepted
 
@@ -245,17 +259,85 @@ async def used_token(d: Deployment) -> None:
     expect_betlink_error(again, 401, "INVALID_SESSION", probe="an exchanged launchToken, new key: ")
 
 
+async def until(moment: float) -> None:
+    await asyncio.sleep(max(0.0, moment - time.monotonic()))
+
+
+def opted_in(ttl: float | None, flag: str, what: str) -> float:
+    if ttl is None:
+        raise Skipped(f"{flag} not given: {what} not checked (give the deployment's value to check it)")
+    return ttl
+
+
+@dataclass(frozen=True)
+class Lived:
+    """Something with a TTL: asked for at `sent`, answered at `received` (time.monotonic)."""
+
+    sent: float
+    received: float
+    value: Any
+
+
+async def alive_just_before(
+    ttl: float,
+    what: str,
+    start: Callable[[], Awaitable[Any]],
+    alive: Callable[[Any], Awaitable[httpx.Response | None]],
+) -> Lived:
+    """Make something with a TTL, and show it alive up to a second before the TTL runs out.
+
+    `alive` answers None, or the answer that shows it dead. Such an answer proves an early
+    expiry only when it came back before `sent` + TTL (the deployment's clock cannot have
+    started later); one that came back after proves nothing on a slow deployment, so that is
+    tried again, a few times, before the check says it could not tell.
+    """
+    for _ in range(EXPIRY_ATTEMPTS):
+        sent = time.monotonic()
+        lived = Lived(sent, 0.0, await start())
+        lived = Lived(sent, time.monotonic(), lived.value)
+        await until(lived.received + ttl - min(1.0, ttl / 2))
+        dead = await alive(lived.value)
+        if dead is None:
+            return lived
+        if time.monotonic() < sent + ttl:
+            raise Failed(
+                f"{what} alive {ttl - min(1.0, ttl / 2):g} s after it began (TTL {ttl:g} s)", describe(dead)
+            )
+    raise Failed(
+        f"{what} alive up to a second before its TTL ({ttl:g} s)",
+        f"{EXPIRY_ATTEMPTS} answers came back only after the TTL had run out: too slow to tell",
+    )
+
+
 async def expired_token(d: Deployment) -> None:
-    """The launch token the runner asked for when it started, presented once its life is over."""
-    launch = d.early_token or await d.launch_token()
-    wait = launch.received_at + d.options.launch_token_ttl + EXPIRY_MARGIN_SECONDS - time.monotonic()
-    await asyncio.sleep(max(0.0, wait))
-    late = await d.authenticate(auth_body(launch))
+    """A launch token exchanged just before its TTL (200), and another just after it (401)."""
+    ttl = opted_in(d.options.launch_token_ttl, "--launch-token-ttl", "launch-token expiry")
+
+    async def alive(pair: tuple[LaunchToken, LaunchToken]) -> httpx.Response | None:
+        answer = await d.authenticate(auth_body(pair[0]))
+        return None if answer.status_code == 200 else answer
+
+    async def two() -> tuple[LaunchToken, LaunchToken]:
+        return await d.launch_token(), await d.launch_token()
+
+    lived = await alive_just_before(ttl, "a launchToken", two, alive)
+    await until(lived.received + ttl + EXPIRY_MARGIN_SECONDS)
     expect_betlink_error(
-        late,
+        await d.authenticate(auth_body(lived.value[1])),
         401,
         "INVALID_SESSION",
-        probe=f"{d.options.launch_token_ttl:g} s later (--launch-token-ttl: the deployment's TTL?): ",
+        probe=f"{ttl + EXPIRY_MARGIN_SECONDS:g} s after issue (--launch-token-ttl {ttl:g}): ",
+    )
+
+
+async def pending_across_block(d: Deployment) -> None:
+    """A block revokes launch tokens not yet exchanged: after the unblock they stay dead."""
+    launch = await d.launch_token()
+    async with blocked(d):
+        pass
+    after = await d.authenticate(auth_body(launch))
+    expect_betlink_error(
+        after, 401, "INVALID_SESSION", probe="a launchToken issued before a block and unblock: "
     )
 
 
@@ -276,7 +358,7 @@ async def success(d: Deployment) -> None:
     launch = await d.launch_token()
     sent = auth_body(launch)
     response = await d.authenticate(sent)
-    wrong = success_fields(sent, response)
+    wrong = success_fields(sent, response, session_ms=d.options.session_ms)
     if wrong or not response.headers.get("content-type", "").startswith("application/json"):
         raise Failed("200 application/json, " + "; ".join(wrong or ["content type"]), describe(response))
 
@@ -307,6 +389,39 @@ async def replay(d: Deployment) -> None:
             f"the same key again, new requestId: the first 200 byte for byte ({describe(first)})",
             describe(again),
         )
+
+
+async def replay_token_live(d: Deployment) -> None:
+    """A replay returns the stored token and leaves it live: BetLink may retry any call."""
+    launch, key = await d.launch_token(), new_key()
+    first = await d.authenticate(auth_body(launch), key=key)
+    expect_status(first, 200, "first use of the key")
+    expect_status(await d.authenticate(auth_body(launch), key=key), 200, "the same key again")
+    token = str(first.json()["operatorSessionToken"])
+    expect_body(await d.introspect(token), _live(d, first.json()), "introspection after a replay")
+
+
+def _live(d: Deployment, session: dict[str, Any]) -> dict[str, Any]:
+    return {"active": True, "userId": d.player, "sessionExpiry": session["sessionExpiry"]}
+
+
+VOLATILE_HEADERS = frozenset({"date", "x-request-id"})
+
+
+async def replay_headers(d: Deployment) -> None:
+    """Every header of a replay as the first answer's (the date and request id aside): no-store too."""
+    launch, key = await d.launch_token(), new_key()
+    first = await d.authenticate(auth_body(launch), key=key)
+    expect_status(first, 200, "first use of the key")
+    again = await d.authenticate(auth_body(launch), key=key)
+    expect_status(again, 200, "the same key again")
+
+    def kept(answer: httpx.Response) -> dict[str, list[str]]:
+        names = sorted(set(answer.headers.keys()) - VOLATILE_HEADERS)
+        return {name: answer.headers.get_list(name) for name in names}
+
+    if kept(again) != kept(first) or not is_no_store(again):
+        raise Failed(f"the replay's headers: {kept(first)}, with Cache-Control: no-store", str(kept(again)))
 
 
 async def other_body(d: Deployment) -> None:
@@ -345,17 +460,51 @@ async def parallel_same_key(d: Deployment) -> Stats:
 
 
 async def parallel_keys(d: Deployment) -> Stats:
-    launch = await d.launch_token()
-    count = d.options.parallel_keys
-    answers = await d.concurrently(d.authenticate(auth_body(launch)) for _ in range(count))
-    winners = [a for a in answers if a.status_code == 200]
-    if len(winners) != 1:
-        raise Failed(
-            f"{count} parallel keys, one launchToken: exactly one 200", f"{len(winners)} answered 200"
-        )
-    for loser in (a for a in answers if a.status_code != 200):
-        expect_betlink_error(loser, 401, "INVALID_SESSION", probe="the others: ")
-    return percentiles(d.latencies)
+    """Rounds of M keys at once on one fresh launch token each: one 200 per round, every round."""
+    count, rounds, latencies = d.options.parallel_keys, d.options.parallel_rounds, []
+    for round_ in range(1, rounds + 1):
+        launch = await d.launch_token()
+        headers = {"Content-Type": "application/json", "X-API-Key": d.betlink_key}
+        requests = [
+            ({**headers, "X-Idempotency-Key": new_key()}, json.dumps(auth_body(launch)).encode())
+            for _ in range(count)
+        ]
+        answers = await d.race("POST", "/betlink/authenticate", requests)
+        latencies += d.latencies
+        winners = [a for a in answers if a.status_code == 200]
+        if len(winners) != 1:
+            raise Failed(
+                f"{count} parallel keys, one launchToken: exactly one 200 (round {round_} of {rounds})",
+                f"{len(winners)} answered 200",
+            )
+        for loser in (a for a in answers if a.status_code != 200):
+            expect_betlink_error(loser, 401, "INVALID_SESSION", probe=f"round {round_}, the others: ")
+    return percentiles(latencies)
+
+
+async def key_expiry(d: Deployment) -> None:
+    """A processed key is replayed until IDEMPOTENCY_TTL_SECONDS, then evaluated afresh."""
+    ttl = opted_in(d.options.idempotency_ttl, "--idempotency-ttl", "idempotency-key expiry")
+
+    async def first() -> tuple[LaunchToken, str, httpx.Response]:
+        launch, key = await d.launch_token(), new_key()
+        answer = await d.authenticate(auth_body(launch), key=key)
+        expect_status(answer, 200, "first use of the key")
+        return launch, key, answer
+
+    async def replayed(used: tuple[LaunchToken, str, httpx.Response]) -> httpx.Response | None:
+        again = await d.authenticate(auth_body(used[0]), key=used[1])
+        return None if again.status_code == 200 and again.content == used[2].content else again
+
+    lived = await alive_just_before(ttl, "a processed key (its replay byte for byte)", first, replayed)
+    await until(lived.received + ttl + EXPIRY_MARGIN_SECONDS)
+    launch, key, _ = lived.value
+    expect_betlink_error(
+        await d.authenticate(auth_body(launch), key=key),
+        401,
+        "INVALID_SESSION",
+        probe=f"the key {ttl + EXPIRY_MARGIN_SECONDS:g} s later (--idempotency-ttl {ttl:g}), token used: ",
+    )
 
 
 # --- 3. the wallet's view --------------------------------------------------------------------
@@ -379,6 +528,35 @@ async def introspect_blocked(d: Deployment) -> None:
     expect_body(after, {"active": False}, "a session token of a player since blocked")
 
 
+async def block_revokes_session(d: Deployment) -> None:
+    """A block revokes the player's session tokens for good: an unblock does not revive them."""
+    session = await d.exchange(await d.launch_token())
+    async with blocked(d):
+        pass
+    after = await d.introspect(session["operatorSessionToken"])
+    expect_body(after, {"active": False}, "a session token issued before a block and unblock")
+
+
+async def session_expiry(d: Deployment) -> None:
+    """An operatorSessionToken is live until BETLINK_SESSION_TTL_SECONDS, then inactive."""
+    ttl = opted_in(d.options.session_ttl, "--session-ttl", "session-token expiry")
+
+    async def session() -> dict[str, Any]:
+        return await d.exchange(await d.launch_token())
+
+    async def live(body: dict[str, Any]) -> httpx.Response | None:
+        answer = await d.introspect(body["operatorSessionToken"])
+        return None if answer.status_code == 200 and json_or_none(answer) == _live(d, body) else answer
+
+    lived = await alive_just_before(ttl, "an operatorSessionToken (introspected)", session, live)
+    await until(lived.received + ttl + EXPIRY_MARGIN_SECONDS)
+    expect_body(
+        await d.introspect(lived.value["operatorSessionToken"]),
+        {"active": False},
+        f"introspection {ttl + EXPIRY_MARGIN_SECONDS:g} s after the exchange (--session-ttl {ttl:g})",
+    )
+
+
 async def block(d: Deployment) -> None:
     async with blocked(d):
         expect_status(await d.block(), 204, f"PUT {d.block_path()} again (idempotent)")
@@ -391,6 +569,59 @@ async def unblock(d: Deployment) -> None:
     for attempt in ("", " again (idempotent)"):
         expect_status(await d.block(blocked=False), 204, f"DELETE {d.block_path()}{attempt}")
     await d.launch_token()  # raises unless 201
+
+
+# --- the casino gateway's key, on every route ------------------------------------------------
+
+
+def gateway_routes(d: Deployment) -> list[tuple[str, str, dict[str, Any]]]:
+    routes: list[tuple[str, str, dict[str, Any]]] = [
+        ("POST", "/betlink/session", {}),
+        ("POST", "/betlink/sessions/introspect", {"json": {"operatorSessionToken": random_token() * 2}}),
+        ("PUT", d.block_path(), {}),
+        ("DELETE", d.block_path(), {}),
+    ]
+    if d.options.bidpaw:
+        routes.append(("GET", "/bidpaw/open-session", {"params": {"nick": "Certify"}}))
+    return routes
+
+
+async def gateway_key(d: Deployment) -> None:
+    """No key, a wrong key and BetLink's key are each 401 on every route of the casino gateway."""
+    try:
+        for method, path, extra in gateway_routes(d):
+            for probe, value in (
+                ("no Authorization", None),
+                ("a wrong key", "Bearer certify-not-a-key"),
+                ("BetLink's key", f"Bearer {d.betlink_key}"),
+            ):
+                headers = {"X-User-Id": d.player} | ({} if value is None else {"Authorization": value})
+                answer = await d.request(method, path, headers=headers, **extra)
+                expect_problem(answer, 401, probe=f"{method} {path} with {probe}: ")
+    finally:
+        await d.block(blocked=False)  # a PUT let through must not leave the player blocked
+
+
+# --- body limits --------------------------------------------------------------------------------
+
+
+def padded(body: dict[str, Any], size: int = OVER_THE_CAP_BYTES) -> bytes:
+    """A valid JSON body made larger than the cap with whitespace: only the cap can refuse it."""
+    text = json.dumps(body).encode()
+    return text[:-1] + b" " * max(0, size - len(text)) + b"}"
+
+
+async def body_cap(d: Deployment) -> None:
+    """A body over the cap is refused on each route that reads one, in that route's shape."""
+    launch = await d.launch_token()
+    auth = await d.authenticate(padded(auth_body(launch)))
+    expect_betlink_error(
+        auth, 400, "MISSING_PARAMETER", probe=f"{OVER_THE_CAP_BYTES} bytes to /betlink/authenticate: "
+    )
+    headers = {**d.gateway(), "Content-Type": "application/json"}
+    big = padded({"operatorSessionToken": random_token() * 2})
+    introspect = await d.request("POST", "/betlink/sessions/introspect", headers=headers, content=big)
+    expect_problem(introspect, 413, probe=f"{OVER_THE_CAP_BYTES} bytes to /betlink/sessions/introspect: ")
 
 
 # --- 4. BidPaw -------------------------------------------------------------------------------
@@ -498,8 +729,29 @@ async def metrics(d: Deployment) -> None:
         raise Failed(expected, describe(response))
 
 
+async def docs(d: Deployment) -> None:
+    page = await d.request("GET", "/docs")
+    if page.status_code != 200 or not page.headers.get("content-type", "").startswith("text/html"):
+        raise Failed("GET /docs: 200 text/html", describe(page))
+    document = json_or_none(answer := await d.request("GET", "/openapi.json"))
+    paths = document.get("paths") if isinstance(document, dict) else None
+    if answer.status_code != 200 or not isinstance(paths, dict) or "/betlink/authenticate" not in paths:
+        raise Failed(
+            "GET /openapi.json: 200, an OpenAPI document with /betlink/authenticate", describe(answer)
+        )
+
+
+async def public_surface(d: Deployment) -> None:
+    """What lives on --ops-url must not be served on the URL the partners reach."""
+    if d.options.ops_url is None:
+        raise Skipped("--ops-url not given: operations were checked on --url, so hiding them there was not")
+    for path in ("/metrics", "/docs", "/openapi.json"):
+        answer = await d.request("GET", d.public(path))
+        expect_problem(answer, 404, probe=f"GET {path} on --url (it lives on --ops-url): ")
+
+
 async def request_id(d: Deployment) -> None:
-    for method, path in (("GET", "/healthz"), ("POST", "/betlink/authenticate")):
+    for method, path in (("POST", "/betlink/session"), ("POST", d.public("/betlink/authenticate"))):
         sent = d.request_id()
         answer = await d.request(method, path, headers={"X-Request-ID": sent})
         if answer.headers.get("x-request-id") != sent:
@@ -508,8 +760,48 @@ async def request_id(d: Deployment) -> None:
             )
 
 
+# --- 6. the front proxy (--proxy): what it must do on the URL the partners reach -----------
+
+
+async def proxy_user_id(d: Deployment) -> None:
+    """A client's X-User-Id never reaches the service: the casino gateway alone sets it."""
+    if not d.options.proxy:
+        raise Skipped("--proxy not given: the URL is taken to be the service itself")
+    headers = {**d.gateway(user=d.player), "X-Request-ID": d.request_id()}
+    answer = await d.request("POST", d.public("/betlink/session"), headers=headers)
+    expect_problem(answer, 400, probe="POST /betlink/session on --url with the gateway's key and X-User-Id: ")
+
+
+async def proxy_limits(d: Deployment) -> None:
+    """Oversized headers and bodies are refused on every route, in the contract's shapes."""
+    if not d.options.proxy:
+        raise Skipped("--proxy not given: the URL is taken to be the service itself")
+    big_header = {"X-Certify-Padding": "p" * OVERSIZED_HEADER_BYTES}
+    body = padded({"certify": "over the cap"})
+    for method, path, _ in [("POST", "/betlink/authenticate", {}), *gateway_routes(d)]:
+        for probe, extra in (
+            (f"a {OVERSIZED_HEADER_BYTES}-byte header", {"headers": big_header}),
+            (f"a {OVER_THE_CAP_BYTES}-byte body", {"content": body}),
+        ):
+            answer = await d.request(method, d.public(path), **extra)
+            what = f"{method} {path} with {probe}: "
+            if path == "/betlink/authenticate":
+                expect_betlink_error(answer, 400, "MISSING_PARAMETER", probe=what)
+            else:
+                expect_problem(answer, 413 if "body" in probe else 400, probe=what)
+
+
 CHECKS: tuple[Check, ...] = (
-    Check("auth.api_key", "Auth #1: X-API-Key missing or wrong is 403 AUTHENTICATION_FAILED", api_key),
+    Check(
+        "gateway.api_key",
+        "every gateway route: no key, a wrong key and BetLink's key are 401",
+        gateway_key,
+    ),
+    Check(
+        "auth.api_key",
+        "Auth #1: X-API-Key missing, wrong or the gateway's is 403 AUTHENTICATION_FAILED",
+        api_key,
+    ),
     Check(
         "auth.idempotency_key",
         "Auth #2: X-Idempotency-Key missing or not a UUID is 400 MISSING_PARAMETER",
@@ -529,20 +821,44 @@ CHECKS: tuple[Check, ...] = (
     ),
     Check("auth.unknown_token", "Auth #6: an unknown launchToken is 401 INVALID_SESSION", unknown_token),
     Check("auth.used_token", "Auth #9: an exchanged launchToken is 401 INVALID_SESSION", used_token),
-    Check("auth.expired_token", "Auth #9: an expired launchToken is 401 INVALID_SESSION", expired_token),
+    Check(
+        "auth.expired_token",
+        "Auth #9: a launchToken is accepted until its TTL, then 401 INVALID_SESSION (--launch-token-ttl)",
+        expired_token,
+        waits=True,
+    ),
+    Check(
+        "auth.pending_across_block",
+        "Auth #9: a launchToken pending across a block and unblock is 401 INVALID_SESSION",
+        pending_across_block,
+    ),
     Check("auth.wrong_user", "Auth #7: another player's userId is 400 INVALID_USER", wrong_user),
     Check(
         "auth.blocked_player",
         "Auth #8: a blocked player's pending launchToken is 400 USER_BLOCKED",
         blocked_player,
     ),
-    Check("auth.success", "Auth: 200 carries the eight fields and a 30-minute sessionExpiry", success),
+    Check(
+        "auth.success",
+        "Auth: 200 carries the eight fields; sessionExpiry = timestamp + 30 min (or --session-ttl)",
+        success,
+    ),
     Check(
         "auth.no_store",
         "session, authenticate and introspect answers carry Cache-Control: no-store",
         no_store,
     ),
     Check("idempotency.replay", "a replay is byte-identical, even with a new requestId", replay),
+    Check(
+        "idempotency.replay_token_live",
+        "after a replay, the first answer's operatorSessionToken is still live",
+        replay_token_live,
+    ),
+    Check(
+        "idempotency.replay_headers",
+        "a replay carries every header of the first answer, Cache-Control: no-store included",
+        replay_headers,
+    ),
     Check("idempotency.other_body", "the same key with another body is 403", other_body),
     Check("idempotency.failed_key_fresh", "a failed attempt's key is evaluated afresh", failed_key_fresh),
     Check(
@@ -550,7 +866,17 @@ CHECKS: tuple[Check, ...] = (
         "parallel requests with one key: one token, identical bodies",
         parallel_same_key,
     ),
-    Check("idempotency.parallel_keys", "parallel keys on one launchToken: exactly one 200", parallel_keys),
+    Check(
+        "idempotency.parallel_keys",
+        "parallel keys on one launchToken, over several rounds: exactly one 200 each",
+        parallel_keys,
+    ),
+    Check(
+        "idempotency.key_expiry",
+        "a processed key is replayed until its TTL, then evaluated afresh (--idempotency-ttl)",
+        key_expiry,
+        waits=True,
+    ),
     Check(
         "wallet.introspect_live",
         "introspection of a live token: active, the player, its expiry",
@@ -562,8 +888,24 @@ CHECKS: tuple[Check, ...] = (
         introspect_unknown,
     ),
     Check("wallet.introspect_blocked", "introspection after a block: inactive", introspect_blocked),
+    Check(
+        "wallet.block_revokes_session",
+        "a session token issued before a block and unblock stays inactive",
+        block_revokes_session,
+    ),
+    Check(
+        "wallet.session_expiry",
+        "a session token is live until its TTL, then inactive (--session-ttl)",
+        session_expiry,
+        waits=True,
+    ),
     Check("wallet.block", "block is idempotent; a blocked player gets no launch token (403)", block),
     Check("wallet.unblock", "unblock is idempotent; the player gets launch tokens again", unblock),
+    Check(
+        "limits.body_cap",
+        "a body over the cap: 400 MISSING_PARAMETER on authenticate, 413 on introspect",
+        body_cap,
+    ),
     Check("bidpaw.open_session", "open-session answers a usable https iframeURL", bidpaw_iframe, bidpaw=True),
     Check("bidpaw.blocked", "open-session for a blocked player is 403", bidpaw_blocked, bidpaw=True),
     Check(
@@ -594,5 +936,17 @@ CHECKS: tuple[Check, ...] = (
     Check("ops.healthz", "GET /healthz is 200", healthz),
     Check("ops.readyz", "GET /readyz is 200", readyz),
     Check("ops.metrics", "GET /metrics is Prometheus text", metrics),
+    Check("ops.docs", "GET /docs is HTML and /openapi.json describes the API", docs),
+    Check(
+        "ops.public_surface",
+        "/metrics, /docs and /openapi.json are 404 on --url (with --ops-url)",
+        public_surface,
+    ),
     Check("ops.request_id", "X-Request-ID is echoed", request_id),
+    Check("proxy.user_id", "the front proxy drops a client's X-User-Id (--proxy)", proxy_user_id),
+    Check(
+        "proxy.limits",
+        "the front proxy refuses oversized headers and bodies on every route, in our shapes (--proxy)",
+        proxy_limits,
+    ),
 )

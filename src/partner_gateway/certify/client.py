@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
+import ssl
 import time
 import uuid
-from collections.abc import Awaitable, Iterable, Mapping
+from collections.abc import Awaitable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import quote
@@ -15,6 +16,9 @@ from urllib.parse import quote
 import httpx
 
 MASK = "***"
+SESSION_TTL_SECONDS = 30 * 60  # BetLink's recommended operatorSessionToken life
+GATEWAY_PATHS = ("/betlink/session", "/betlink/sessions/", "/players/", "/bidpaw/open-session")
+OPS_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/openapi.json")
 TOKEN_FIELDS = frozenset({"launchToken", "operatorSessionToken", "iframeURL"})
 SHOWN_BODY_CHARS = 300
 
@@ -28,6 +32,10 @@ class Failed(Exception):
         super().__init__(expected)
         self.expected = expected
         self.actual = actual
+
+
+class Skipped(Exception):
+    """A check that needs something the run was not given; the reason says what."""
 
 
 class Secrets:
@@ -55,11 +63,22 @@ class Options:
     """What a run needs besides the URL and the keys."""
 
     player: str
-    launch_token_ttl: float = 10.0
-    parallel_same_key: int = 5
-    parallel_keys: int = 5
+    launch_token_ttl: float | None = None  # the deployment's TTLs: the expiry checks are opt-in
+    session_ttl: float | None = None
+    idempotency_ttl: float | None = None
+    parallel_same_key: int = 8
+    parallel_keys: int = 16
+    parallel_rounds: int = 3
     bidpaw: bool = False
     bidpaw_iframe_prefix: str | None = None
+    gateway_url: str | None = None  # where the casino gateway's calls go (default: the URL)
+    ops_url: str | None = None  # where /healthz, /readyz, /metrics, /docs live (default: the URL)
+    proxy: bool = False  # the URL is the front proxy: check what it must do too
+
+    @property
+    def session_ms(self) -> float:
+        """The sessionExpiry - timestamp every 200 must show: the TTL given, else BetLink's 30 min."""
+        return (self.session_ttl or SESSION_TTL_SECONDS) * 1000
 
 
 @dataclass(frozen=True)
@@ -86,7 +105,6 @@ class Deployment:
     options: Options
     secrets: Secrets
     check: str = "run"
-    early_token: LaunchToken | None = None  # asked for at the start, for the expiry check
     latencies: list[float] = field(default_factory=list)
     _sent: int = 0
 
@@ -106,10 +124,23 @@ class Deployment:
         if not any(name.lower() == "x-request-id" for name, _ in items):
             items.insert(0, ("X-Request-ID", self.request_id()))
         started = time.perf_counter()
-        response = await self.http.request(method, path, headers=items, **kwargs)
+        response = await self.http.request(method, self.url_for(path), headers=items, **kwargs)
         self.latencies.append(time.perf_counter() - started)
         self._remember_tokens(response)
         return response
+
+    def url_for(self, path: str) -> str:
+        """The casino gateway's routes go to --gateway-url and operations to --ops-url when given;
+        everything else (and an absolute URL) as it is."""
+        if path.startswith(GATEWAY_PATHS) and self.options.gateway_url:
+            return self.options.gateway_url + path
+        if path.startswith(OPS_PATHS) and self.options.ops_url:
+            return self.options.ops_url + path
+        return path
+
+    def public(self, path: str) -> str:
+        """`path` on the URL the partners reach, whatever --gateway-url and --ops-url say."""
+        return str(self.http.base_url).rstrip("/") + path
 
     def _remember_tokens(self, response: httpx.Response) -> None:
         body = json_or_none(response)
@@ -171,10 +202,98 @@ class Deployment:
     def block_path(self) -> str:
         return f"/players/{quote(self.player, safe='')}/block"
 
+    async def race(
+        self, method: str, path: str, requests: Sequence[tuple[Headers, bytes]]
+    ) -> list[httpx.Response]:
+        """Requests that reach the deployment at the same moment, each on its own new connection:
+        every request is written but for its last byte, then the last bytes go out together. A
+        race that a missing lock loses only now and then with ordinary concurrent requests (their
+        arrivals spread over tens of milliseconds) is then lost nearly every time."""
+        self.latencies.clear()
+        target = self.url_for(path)
+        url = httpx.URL(target if "://" in target else self.public(path))
+        go = asyncio.Event()
+        ready: list[asyncio.Future[None]] = [asyncio.get_running_loop().create_future() for _ in requests]
+        calls = [
+            self._raw(method, url, headers, body, ready=ready[n], go=go)
+            for n, (headers, body) in enumerate(requests)
+        ]
+        tasks = [asyncio.ensure_future(call) for call in calls]
+        try:
+            async with asyncio.timeout(self.http.timeout.read or 10.0):
+                await asyncio.gather(*ready)
+            go.set()
+            return list(await asyncio.gather(*tasks))
+        finally:
+            for task in tasks:
+                task.cancel()
+
+    async def _raw(
+        self,
+        method: str,
+        url: httpx.URL,
+        headers: Headers,
+        body: bytes,
+        *,
+        ready: asyncio.Future[None],
+        go: asyncio.Event,
+    ) -> httpx.Response:
+        items = list(headers.items()) if isinstance(headers, Mapping) else list(headers)
+        items = [*self.http.headers.items(), ("X-Request-ID", self.request_id()), *items]
+        lines = [f"{method} {url.raw_path.decode()} HTTP/1.1", f"Host: {url.netloc.decode()}"]
+        lines += [f"{name}: {value}" for name, value in items if name.lower() not in RAW_HOP_HEADERS]
+        lines += [f"Content-Length: {len(body)}", "Connection: close", "", ""]
+        message = "\r\n".join(lines).encode("latin-1") + body
+        tls = ssl.create_default_context() if url.scheme == "https" else None
+        port = url.port or (443 if tls else 80)
+        reader, writer = await asyncio.open_connection(url.host, port, ssl=tls)
+        try:
+            writer.write(message[:-1])
+            await writer.drain()
+            ready.set_result(None)
+            await go.wait()
+            started = time.perf_counter()
+            writer.write(message[-1:])
+            await writer.drain()
+            raw = await reader.read()
+            self.latencies.append(time.perf_counter() - started)
+        finally:
+            writer.close()
+        response = parse_response(raw)
+        self._remember_tokens(response)
+        return response
+
     async def concurrently(self, calls: Iterable[Awaitable[httpx.Response]]) -> list[httpx.Response]:
         """Requests sent at once on separate connections; their latencies are kept for p50/p99."""
         self.latencies.clear()
         return list(await asyncio.gather(*calls))
+
+
+RAW_HOP_HEADERS = frozenset({"host", "content-length", "connection", "transfer-encoding", "accept-encoding"})
+
+
+def parse_response(raw: bytes) -> httpx.Response:
+    """An HTTP/1.1 answer read to the end of a closed connection (Content-Length or chunked)."""
+    head, _, rest = raw.partition(b"\r\n\r\n")
+    status_line, *header_lines = head.decode("latin-1").split("\r\n")
+    parts = status_line.split(" ", 2)
+    if len(parts) < 2 or not parts[1].isdigit():
+        raise httpx.RemoteProtocolError(f"not an HTTP answer: {status_line[:80]!r}")
+    headers = [tuple(line.split(":", 1)) for line in header_lines if ":" in line]
+    pairs = [(name.strip(), value.strip()) for name, value in headers]
+    if any(name.lower() == "transfer-encoding" and "chunked" in value.lower() for name, value in pairs):
+        body = b""
+        while rest:
+            size_line, _, rest = rest.partition(b"\r\n")
+            size = int(size_line.split(b";")[0], 16)
+            if size == 0:
+                break
+            body, rest = body + rest[:size], rest[size + 2 :]
+        pairs = [(name, value) for name, value in pairs if name.lower() != "transfer-encoding"]
+    else:
+        length = next((int(value) for name, value in pairs if name.lower() == "content-length"), len(rest))
+        body = rest[:length]
+    return httpx.Response(int(parts[1]), headers=pairs, content=body)
 
 
 def launch_token_of(response: httpx.Response) -> LaunchToken:

@@ -35,24 +35,51 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--player", help="the dedicated test player (default: certify-<random>)")
     parser.add_argument(
-        "--launch-token-ttl",
-        type=float,
-        default=10.0,
-        help="the deployment's BETLINK_LAUNCH_TOKEN_TTL_SECONDS: when to try an expired token (default 10)",
+        "--gateway-url",
+        help="where the casino gateway's calls go, when not --url (a front proxy's gateway listener)",
     )
+    parser.add_argument(
+        "--ops-url",
+        help="the internal listener with /healthz, /readyz, /metrics, /docs; --url is then checked "
+        "to NOT serve /metrics, /docs or /openapi.json",
+    )
+    parser.add_argument(
+        "--proxy",
+        action="store_true",
+        help="--url is the front proxy: also check that it drops a client's X-User-Id and refuses "
+        "oversized headers and bodies in the contract's shapes",
+    )
+    for flag, setting in (
+        ("--launch-token-ttl", "BETLINK_LAUNCH_TOKEN_TTL_SECONDS"),
+        ("--session-ttl", "BETLINK_SESSION_TTL_SECONDS"),
+        ("--idempotency-ttl", "IDEMPOTENCY_TTL_SECONDS"),
+    ):
+        parser.add_argument(
+            flag,
+            type=float,
+            metavar="SECONDS",
+            help=f"the deployment's {setting}: check that expiry, to the second (default: not checked)",
+        )
     parser.add_argument(
         "--parallel-same-key",
         type=int,
-        default=5,
+        default=8,
         metavar="N",
-        help="parallel requests with one key (default 5)",
+        help="parallel requests with one key (default 8)",
     )
     parser.add_argument(
         "--parallel-keys",
         type=int,
-        default=5,
+        default=16,
         metavar="M",
-        help="parallel keys on one launch token (default 5)",
+        help="parallel keys on one launch token, per round (default 16)",
+    )
+    parser.add_argument(
+        "--parallel-rounds",
+        type=int,
+        default=3,
+        metavar="R",
+        help="rounds of the parallel-keys race (default 3)",
     )
     parser.add_argument("--bidpaw", action="store_true", help="also check /bidpaw/open-session")
     parser.add_argument("--bidpaw-iframe-prefix", help="with --bidpaw: the iframeURL must start with this")
@@ -72,21 +99,33 @@ def _key(args: argparse.Namespace, name: str) -> str | None:
 def main(args: argparse.Namespace) -> int:
     keys = {name: _key(args, name) for name in KEY_SOURCES}
     missing = [" or ".join(KEY_SOURCES[name]) for name, value in keys.items() if value is None]
-    if missing or min(args.parallel_same_key, args.parallel_keys) < 2:
+    ttls = (args.launch_token_ttl, args.session_ttl, args.idempotency_ttl)
+    if missing or min(args.parallel_same_key, args.parallel_keys) < 2 or args.parallel_rounds < 1:
         reason = (
             f"missing {'; '.join(missing)}"
             if missing
-            else "--parallel-same-key and --parallel-keys need 2 or more"
+            else "--parallel-same-key and --parallel-keys need 2 or more, --parallel-rounds 1 or more"
         )
+    elif any(ttl is not None and ttl <= 0 for ttl in ttls):
+        reason = "--launch-token-ttl, --session-ttl and --idempotency-ttl must be positive"
+    else:
+        reason = ""
+    if reason:
         print(f"partner-gateway certify: {reason}", file=sys.stderr)  # noqa: T201
         return 2
     options = Options(
         player=args.player or f"certify-{secrets.token_hex(4)}",
         launch_token_ttl=args.launch_token_ttl,
+        session_ttl=args.session_ttl,
+        idempotency_ttl=args.idempotency_ttl,
         parallel_same_key=args.parallel_same_key,
         parallel_keys=args.parallel_keys,
+        parallel_rounds=args.parallel_rounds,
         bidpaw=args.bidpaw,
         bidpaw_iframe_prefix=args.bidpaw_iframe_prefix,
+        gateway_url=args.gateway_url.rstrip("/") if args.gateway_url else None,
+        ops_url=args.ops_url.rstrip("/") if args.ops_url else None,
+        proxy=args.proxy,
     )
     run = asyncio.run(
         certify(
