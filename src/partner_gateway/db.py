@@ -1,8 +1,8 @@
 """The schema's metadata (SQLAlchemy, for the models and Alembic) and the request path's database.
 
 The request path runs on asyncpg directly: SQLAlchemy's `AsyncConnection` cost half the
-service's throughput for identical SQL (bench/README.md). `Database` owns a small pool of
-asyncpg connections and hands out `Connection`s that run the store's `Statement`s.
+service's throughput for identical SQL (bench/README.md). `Database` owns asyncpg's pool
+(`Pool`) and hands out `Connection`s that run the store's `Statement`s.
 
 How connections are opened and transactions begun is one object chosen at start-up, a
 `ConnectionMode`: straight to PostgreSQL, the timeouts and the isolation level travel as the
@@ -14,9 +14,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections import deque
 from collections.abc import AsyncIterator, Callable
-from contextlib import AbstractAsyncContextManager, AbstractContextManager, asynccontextmanager, nullcontext
+from contextlib import (
+    AbstractAsyncContextManager,
+    AbstractContextManager,
+    asynccontextmanager,
+    nullcontext,
+    suppress,
+)
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Annotated, Any
@@ -42,6 +47,12 @@ NAMING_CONVENTION = {
 DEADLINE_GRACE_SECONDS = 1.0
 # Connections are replaced after this long, as SQLAlchemy's pool_recycle did.
 MAX_CONNECTION_AGE_SECONDS = 1800.0
+# asyncpg closes a connection left idle this long: a quiet process holds no backends.
+IDLE_LIFETIME_SECONDS = 300.0
+# DB_POOL_PRE_PING: a reused connection that does not answer `SELECT 1` within this (or an
+# eighth of DB_TIMEOUT_SECONDS, if less) is ended and the next one tried, so a few frozen
+# backends cost one request some waiting, not a 503 each.
+PING_TIMEOUT_SECONDS = 0.5
 APPLICATION_NAME = "partner-gateway"
 
 
@@ -204,12 +215,24 @@ def asyncpg_dsn(url: str) -> str:
 
 
 class Pool:
-    """A minimal pool of asyncpg connections.
+    """asyncpg's own pool (`asyncpg.create_pool`), with what the request path adds to it.
 
-    asyncpg's own pool sends a reset query (`RESET ALL`, `UNLISTEN *`, ...) on every release,
-    which cost 20-35 % of the authenticate transaction's throughput. Nothing here needs it: no
-    session state is ever changed, and `Database` returns a connection only after COMMIT or
-    ROLLBACK answered; anything else (a cut, a cancel, a broken connection) is discarded.
+    - No reset query on release: asyncpg's default one (`RESET ALL`, `UNLISTEN *`, ...) cost
+      20-35 % of the authenticate transaction's throughput, and the service never changes session
+      state. asyncpg's release still rolls back a transaction left open (`Database` has rolled it
+      back before then).
+    - `release(conn, reusable=False)` ends a connection instead of returning it: `Database`
+      decides with `connection_broken`. Nothing else is discarded: a cut or a broken connection
+      costs that connection only, while asyncpg replaces a connection it finds closed (a server
+      restart) at its next acquire. `expire_connections()` replaces them all.
+    - DB_POOL_PRE_PING, with the ping bounded: a connection that does not answer is ended
+      (never left to the garbage collector, still open) and the next one is tried.
+    - DB_MAX_OVERFLOW (connections past DB_POOL_SIZE are closed once returned), an age limit,
+      and connections idle for IDLE_LIFETIME_SECONDS closed by asyncpg.
+
+    The asyncpg pool is built at the first acquire, inside the running loop; until then nothing
+    connects. `dsn` and `connect_args` go to `asyncpg.connect` as they are (hosts, SSL, the
+    mode's start-up parameters and statement cache).
     """
 
     def __init__(
@@ -217,93 +240,113 @@ class Pool:
         *,
         dsn: str,
         size: int,
-        connect_timeout: float,
-        mode: ConnectionMode,
+        connect_args: dict[str, Any],
         pre_ping: bool = False,
+        ping_timeout: float = 1.0,
         keep: int | None = None,
     ) -> None:
-        self._pre_ping = pre_ping
-        self._keep = size if keep is None else keep  # idle connections kept; the rest are overflow
         self.size = size
+        self._keep = size if keep is None else keep  # idle connections kept; the rest are overflow
         self._dsn = dsn
-        self._connect_timeout = connect_timeout
-        self._mode = mode
-        self._slots = asyncio.Semaphore(size)
-        self._idle: deque[tuple[asyncpg.Connection, float]] = deque()
-        self._born: dict[int, float] = {}
-        self.in_use = 0
+        self._connect_args = connect_args
+        self._pre_ping = pre_ping
+        self._ping_timeout = ping_timeout
+        self._pool: asyncpg.Pool | None = None
+        self._closed = False
 
     @property
     def idle(self) -> int:
-        return len(self._idle)
+        return 0 if self._pool is None else int(self._pool.get_idle_size())
 
-    async def acquire(self) -> asyncpg.Connection:
-        await self._slots.acquire()
-        try:
-            conn = await self._pinged(self._reuse()) or await self._connect()
-        except BaseException:
-            self._slots.release()
-            raise
-        self.in_use += 1
-        return conn
+    @property
+    def in_use(self) -> int:
+        return 0 if self._pool is None else int(self._pool.get_size()) - self.idle
 
-    def _reuse(self) -> asyncpg.Connection | None:
-        now = asyncio.get_running_loop().time()
-        while self._idle:
-            conn, born = self._idle.pop()  # the most recently used: warm caches, fewer connections
-            if not conn.is_closed() and now - born < MAX_CONNECTION_AGE_SECONDS:
+    async def _opened(self) -> asyncpg.Pool:
+        if self._pool is None:
+            if self._closed:
+                raise asyncpg.InterfaceError("the pool is closed")
+            # min_size 0: asyncpg connects nothing here, so this finishes without yielding and
+            # no other task sees a half-built pool.
+            self._pool = await asyncpg.create_pool(
+                self._dsn,
+                min_size=0,
+                max_size=self.size,
+                reset=_keep_session,
+                max_inactive_connection_lifetime=IDLE_LIFETIME_SECONDS,
+                connection_class=_AgedConnection,
+                **self._connect_args,
+            )
+        return self._pool
+
+    async def acquire(self) -> Any:
+        """A connection (asyncpg's pool proxy): a reused one answered a ping when pre-ping is on."""
+        pool = await self._opened()
+        while True:
+            conn = await pool.acquire()
+            if not self._pre_ping or await self._answers(conn):
                 return conn
-            self._discard(conn)
-        return None
 
-    async def _pinged(self, conn: asyncpg.Connection | None) -> asyncpg.Connection | None:
-        """DB_POOL_PRE_PING: a round trip proves a reused connection alive before a request uses it."""
-        if conn is None or not self._pre_ping:
-            return conn
+    async def _answers(self, conn: Any) -> bool:
+        """DB_POOL_PRE_PING: a round trip, bounded, before a request uses the connection."""
         try:
-            await conn.execute("SELECT 1")
-        except BROKEN_CONNECTION:
-            self._discard(conn)
-            self._discard_idle()
-            return None
-        return conn
+            await conn.execute("SELECT 1", timeout=self._ping_timeout)
+        except PING_FAILURES:
+            self.discard(conn)
+            return False
+        except BaseException:  # the caller's deadline, mid-ping
+            self.discard(conn)
+            raise
+        return True
 
-    async def _connect(self) -> asyncpg.Connection:
-        conn: asyncpg.Connection = await asyncpg.connect(
-            self._dsn, **self._mode.connect_args(timeout=self._connect_timeout)
-        )
-        self._born[id(conn)] = asyncio.get_running_loop().time()
-        return conn
+    async def release(self, conn: Any, *, reusable: bool) -> None:
+        """Back to the pool, or ended: not `reusable`, overflow, or too old."""
+        assert self._pool is not None
+        if not reusable or self._surplus(conn):
+            self.discard(conn)
+            return
+        await self._pool.release(conn)  # a connection found closed is replaced at next acquire
 
-    def release(self, conn: asyncpg.Connection, *, reusable: bool) -> None:
-        self.in_use -= 1
-        if conn.is_closed():
-            # It broke under a request (the server restarted, or terminated it): its idle
-            # siblings most likely did too, and would each fail a request before being noticed.
-            self._born.pop(id(conn), None)
-            self._discard_idle()
-        elif reusable and len(self._idle) < self._keep:
-            self._idle.append((conn, self._born.get(id(conn), 0.0)))
-        else:
-            self._discard(conn)
-        self._slots.release()
+    def _surplus(self, conn: Any) -> bool:
+        if asyncio.get_running_loop().time() - conn.born > MAX_CONNECTION_AGE_SECONDS:
+            return True
+        return self._keep < self.size and self.idle >= self._keep
 
-    def _discard_idle(self) -> None:
-        while self._idle:
-            self._discard(self._idle.pop()[0])
+    def discard(self, conn: Any) -> None:
+        """End a connection now; its slot goes back to the pool (asyncpg opens a new one on demand)."""
+        with suppress(asyncpg.InterfaceError):  # already ended and released (a cut)
+            conn.terminate()
 
-    def _discard(self, conn: asyncpg.Connection) -> None:
-        self._born.pop(id(conn), None)
-        conn.terminate()
+    async def expire_connections(self) -> None:
+        """Replace every connection: idle ones at their next acquire, busy ones at release."""
+        if self._pool is not None:
+            await self._pool.expire_connections()
 
-    async def close(self) -> None:
-        while self._idle:
-            conn, _ = self._idle.pop()
-            self._born.pop(id(conn), None)
-            try:
-                await asyncio.wait_for(conn.close(), timeout=self._connect_timeout)
-            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-                conn.terminate()
+    async def close(self, *, timeout: float) -> None:
+        """Wait (at most `timeout`) for connections in use, close them all, refuse new acquires.
+
+        Past `timeout` asyncpg terminates every connection, busy ones included; a release after
+        that finds its connection already ended.
+        """
+        self._closed = True
+        if self._pool is None:
+            return
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self._pool.close(), timeout)
+
+
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """asyncpg's reset hook: nothing to reset (see `Pool`)."""
+
+
+class _AgedConnection(asyncpg.Connection):  # type: ignore[misc]
+    """asyncpg's connection with its birth time on the loop's clock: the pool's age limit."""
+
+    __slots__ = ("born",)
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.born = asyncio.get_running_loop().time()
 
 
 # A connection that raised one of these is not used again. InternalClientError: asyncpg's
@@ -315,6 +358,19 @@ BROKEN_CONNECTION: tuple[type[Exception], ...] = (
     asyncpg.InterfaceError,
     asyncpg.InternalClientError,
 )
+
+
+# A pre-ping that raised one of these ends its connection; the next one is tried.
+PING_FAILURES: tuple[type[Exception], ...] = (*BROKEN_CONNECTION, TimeoutError)
+
+
+def connection_broken(exc: BaseException) -> bool:
+    """Whether a connection that raised `exc` is ended rather than returned to the pool.
+
+    The one place that decides it: anything else (a constraint, a lock timeout, a domain error
+    raised mid-transaction) leaves a connection that a ROLLBACK makes clean again.
+    """
+    return isinstance(exc, BROKEN_CONNECTION)
 
 
 class Database:
@@ -356,7 +412,9 @@ class Database:
         # Past the deadline the connection is cut, not cancelled: the statement in flight fails
         # at once as a disconnect (a 503), and the server rolls back the transaction of a
         # connection that went away. A cancel would wait on a server that stopped answering.
-        cut = loop.call_at(deadline, raw.terminate)
+        # The cut ends this connection only; the server may run the statement on until its own
+        # timeout notices (README, "Several replicas": count cut backends).
+        cut = loop.call_at(deadline, self.pool.discard, raw)
         reusable = False
         try:
             if transaction:
@@ -365,30 +423,25 @@ class Database:
             if transaction:
                 await raw.execute("COMMIT")
             reusable = True
-        except BROKEN_CONNECTION:
-            raw.terminate()  # unusable, whatever state asyncpg thinks it is in
-            raise
-        except Exception:
-            reusable = await self._rolled_back(raw)
+        except Exception as exc:
+            reusable = not connection_broken(exc) and await self._rolled_back(raw)
             raise
         finally:
             cut.cancel()
-            self.pool.release(raw, reusable=reusable)
+            await self.pool.release(raw, reusable=reusable)
 
-    async def _rolled_back(self, raw: asyncpg.Connection) -> bool:
+    async def _rolled_back(self, raw: Any) -> bool:
         """After an error: True when the connection is clean again (its transaction rolled back)."""
-        if raw.is_closed():
-            return False
-        if not raw.is_in_transaction():
-            return True
         try:
-            await raw.execute("ROLLBACK")
+            if raw.is_in_transaction():
+                await raw.execute("ROLLBACK")
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return False
+            return False  # gone under us (cut, or closed and released by asyncpg), or unanswered
         return True
 
     async def close(self) -> None:
-        await self.pool.close()
+        """After requests in flight (each ends by its deadline), every connection is closed."""
+        await self.pool.close(timeout=self._deadline + DEADLINE_GRACE_SECONDS)
 
 
 def create_database(settings: Settings, url: str, *, mode: ConnectionMode | None = None) -> Database:
@@ -397,11 +450,11 @@ def create_database(settings: Settings, url: str, *, mode: ConnectionMode | None
     mode = mode or connection_mode(settings)
     pool = Pool(
         dsn=asyncpg_dsn(url),
+        connect_args=mode.connect_args(timeout=timeout),
         size=settings.db_pool_size + settings.db_max_overflow,
         keep=settings.db_pool_size,  # DB_MAX_OVERFLOW connections are closed once returned
-        connect_timeout=timeout,
-        mode=mode,
         pre_ping=settings.db_pool_pre_ping,
+        ping_timeout=min(PING_TIMEOUT_SECONDS, timeout / 8),
     )
     return Database(pool, mode=mode, timeout=timeout)
 
