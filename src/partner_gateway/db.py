@@ -386,9 +386,16 @@ class Database:
     """
 
     def __init__(
-        self, pool: Pool, *, mode: ConnectionMode, timeout: float, observe: StatementObserver | None = None
+        self,
+        pool: Pool,
+        *,
+        mode: ConnectionMode,
+        timeout: float,
+        observe: StatementObserver | None = None,
+        reserve: Pool | None = None,
     ) -> None:
         self.pool = pool
+        self.reserve = reserve or pool
         self.mode = mode
         self._timeout = timeout
         self._deadline = timeout + DEADLINE_GRACE_SECONDS
@@ -398,23 +405,29 @@ class Database:
         self._observe = observer
 
     def transaction(self) -> AbstractAsyncContextManager[Connection]:
-        return self._bounded(transaction=True)
+        return self._bounded(self.pool, transaction=True)
 
     def statement(self) -> AbstractAsyncContextManager[Connection]:
-        return self._bounded(transaction=False)
+        return self._bounded(self.pool, transaction=False)
+
+    def reserved(self) -> AbstractAsyncContextManager[Connection]:
+        """`statement()` on the connection reserved for the readiness probe, outside the pool that
+        traffic uses: a replica whose pool is saturated is busy, not unready, and its probe
+        answers at once instead of queueing behind the requests."""
+        return self._bounded(self.reserve, transaction=False)
 
     @asynccontextmanager
-    async def _bounded(self, *, transaction: bool) -> AsyncIterator[Connection]:
+    async def _bounded(self, pool: Pool, *, transaction: bool) -> AsyncIterator[Connection]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadline
         async with asyncio.timeout(self._timeout):
-            raw = await self.pool.acquire()
+            raw = await pool.acquire()
         # Past the deadline the connection is cut, not cancelled: the statement in flight fails
         # at once as a disconnect (a 503), and the server rolls back the transaction of a
         # connection that went away. A cancel would wait on a server that stopped answering.
         # The cut ends this connection only; the server may run the statement on until its own
         # timeout notices (README, "Several replicas": count cut backends).
-        cut = loop.call_at(deadline, self.pool.discard, raw)
+        cut = loop.call_at(deadline, pool.discard, raw)
         reusable = False
         try:
             if transaction:
@@ -428,7 +441,7 @@ class Database:
             raise
         finally:
             cut.cancel()
-            await self.pool.release(raw, reusable=reusable)
+            await pool.release(raw, reusable=reusable)
 
     async def _rolled_back(self, raw: Any) -> bool:
         """After an error: True when the connection is clean again (its transaction rolled back)."""
@@ -441,22 +454,29 @@ class Database:
 
     async def close(self) -> None:
         """After requests in flight (each ends by its deadline), every connection is closed."""
-        await self.pool.close(timeout=self._deadline + DEADLINE_GRACE_SECONDS)
+        timeout = self._deadline + DEADLINE_GRACE_SECONDS
+        await asyncio.gather(self.pool.close(timeout=timeout), self.reserve.close(timeout=timeout))
 
 
 def create_database(settings: Settings, url: str, *, mode: ConnectionMode | None = None) -> Database:
     """The request path's database, every wait bounded by DB_TIMEOUT_SECONDS (nothing connects yet)."""
     timeout = settings.db_timeout_seconds
     mode = mode or connection_mode(settings)
-    pool = Pool(
-        dsn=asyncpg_dsn(url),
-        connect_args=mode.connect_args(timeout=timeout),
-        size=settings.db_pool_size + settings.db_max_overflow,
-        keep=settings.db_pool_size,  # DB_MAX_OVERFLOW connections are closed once returned
-        pre_ping=settings.db_pool_pre_ping,
-        ping_timeout=min(PING_TIMEOUT_SECONDS, timeout / 8),
-    )
-    return Database(pool, mode=mode, timeout=timeout)
+
+    def pool(size: int, keep: int) -> Pool:
+        return Pool(
+            dsn=asyncpg_dsn(url),
+            connect_args=mode.connect_args(timeout=timeout),
+            size=size,
+            keep=keep,
+            pre_ping=settings.db_pool_pre_ping,
+            ping_timeout=min(PING_TIMEOUT_SECONDS, timeout / 8),
+        )
+
+    # DB_MAX_OVERFLOW connections are closed once returned. The readiness probe has one
+    # connection of its own (opened at the first probe): one more per process for PostgreSQL.
+    traffic = pool(settings.db_pool_size + settings.db_max_overflow, keep=settings.db_pool_size)
+    return Database(traffic, mode=mode, timeout=timeout, reserve=pool(1, keep=1))
 
 
 # What a database that is down, unreachable, refusing or failing raises through SQLAlchemy

@@ -1,8 +1,13 @@
-"""Routes for operators and probes: liveness, readiness."""
+"""Routes for operators and probes: liveness, readiness, metrics; and the probe listener.
+
+The routes are served on the main port and, with PROBE_PORT set, on a listener of their own
+(`ProbeListener`) that traffic cannot starve.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
@@ -51,7 +56,7 @@ async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
     are bounded (timeouts set, READ COMMITTED)."""
     try:
         head = head_revision()
-        async with db.statement() as conn:
+        async with db.reserved() as conn:
             revision = await store.schema_revision(conn)
             in_force = await store.session_settings(conn, [*TIMEOUTS, ISOLATION])
     except Exception as exc:
@@ -86,3 +91,38 @@ def _missing_schema(exc: Exception) -> bool:
 async def metrics() -> Response:
     """Prometheus text format: HTTP, BetLink auth outcomes, BidPaw calls, database pool, build."""
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+class ProbeListener:
+    """/healthz, /readyz and /metrics on PROBE_PORT: a second uvicorn server in the same process
+    and event loop, started and stopped by the app's lifespan.
+
+    Outside the main listener's HTTP_MAX_CONCURRENCY, which counts every connection: slow or
+    excess clients that fill it get the main port's `503`s, while the orchestrator's probes
+    here still reach the app. `/readyz` uses the database's reserved connection, so a pool
+    saturated by traffic does not fail readiness either.
+    """
+
+    def __init__(self, app: FastAPI, *, host: str, port: int) -> None:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            lifespan="off",  # the main server's lifespan owns every resource
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=1,
+        )
+        config.load()
+        self._server = uvicorn.Server(config)
+        # What Server.serve() would set up before startup(); serve() itself is not used, since it
+        # would take over the process's signal handlers from the main server.
+        self._server.lifespan = config.lifespan_class(config)
+
+    async def start(self) -> None:
+        await self._server.startup()
+
+    async def stop(self) -> None:
+        if self._server.started:
+            await self._server.shutdown()
