@@ -49,7 +49,8 @@ class TestHealth:
         assert response.status_code == 503
         assert response.json()["detail"] == (
             "database sessions run unbounded (lock_timeout = 0, statement_timeout = 0,"
-            " idle_in_transaction_session_timeout = 0): run `partner-gateway migrate` with DB_POOLER set"
+            " idle_in_transaction_session_timeout = 0): run `partner-gateway migrate` with DB_POOLER set,"
+            " then RECONNECT on PgBouncer's admin console"
         )
 
     async def test_readyz_is_503_when_the_schema_is_behind(

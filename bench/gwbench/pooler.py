@@ -30,6 +30,7 @@ import tempfile
 import time
 import uuid
 from collections.abc import Awaitable, Callable, Iterator, Mapping
+from dataclasses import replace
 from datetime import timedelta
 from functools import partial
 from pathlib import Path
@@ -196,12 +197,14 @@ async def bounds_options(url: str, *, seconds: float) -> dict[str, float]:
     """
     from partner_gateway import store
     from partner_gateway.config import Settings
-    from partner_gateway.db import Statement, create_database, session_bounds, utc_now
+    from partner_gateway.db import Statement, connection_mode, create_database, session_bounds, utc_now
 
     settings = Settings(
         _env_file=None, database_url=url, db_pooler="pgbouncer", db_pool_size=OPTION_CONCURRENCY
     )
-    database = create_database(settings, url)
+    database = create_database(settings, url)  # each BEGIN sets the timeouts too (SET LOCAL)
+    mode = connection_mode(settings)
+    bare = create_database(settings, url, mode=replace(mode, begin="BEGIN ISOLATION LEVEL READ COMMITTED"))
     bounds = session_bounds(settings)
     set_local = Statement(
         "set_local",
@@ -270,17 +273,24 @@ async def bounds_options(url: str, *, seconds: float) -> dict[str, float]:
             {
                 "statement: autocommit, role defaults": partial(rate, database.statement, statement),
                 "statement: in a transaction with set_config(…, true)": partial(
-                    rate, database.transaction, with_set_local(statement)
+                    rate, bare.transaction, with_set_local(statement)
                 ),
-                "transaction: role defaults": partial(rate, database.transaction, transaction),
+                "statement: in the service's transaction (BEGIN; SET LOCAL …)": partial(
+                    rate, database.transaction, statement
+                ),
+                "transaction: role defaults (bare BEGIN)": partial(rate, bare.transaction, transaction),
                 "transaction: + set_config(…, true)": partial(
-                    rate, database.transaction, with_set_local(transaction)
+                    rate, bare.transaction, with_set_local(transaction)
+                ),
+                "transaction: BEGIN; SET LOCAL … (the service's)": partial(
+                    rate, database.transaction, transaction
                 ),
             },
             seconds=seconds,
         ) | await _begin_options(url, bounds, seconds=seconds)
     finally:
         await database.close()
+        await bare.close()
 
 
 ROUNDS = 5

@@ -129,6 +129,9 @@ class Connection:
         return int(count) if count.isdigit() else 0
 
 
+TIMEOUTS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout")
+
+
 def session_bounds(settings: Settings) -> dict[str, str]:
     """What every server session must carry: the waits of DB_TIMEOUT_SECONDS and READ COMMITTED.
 
@@ -185,13 +188,22 @@ def connection_mode(settings: Settings) -> ConnectionMode:
         # which every server connection it opens starts with. It hands each transaction to
         # any server connection: a named prepared statement (asyncpg's statement cache) would
         # meet another client's, and return that one's results. With the cache off asyncpg
-        # re-parses its unnamed statement in the same round trip as each execution. Each
-        # BEGIN still names READ COMMITTED.
+        # re-parses its unnamed statement in the same round trip as each execution.
+        #
+        # A server connection PgBouncer opened before `migrate` wrote the role's defaults keeps
+        # running without them (up to server_lifetime), so each BEGIN also sets the timeouts
+        # for its own transaction, in the same simple query: one round trip, as a bare BEGIN
+        # (README, "Behind PgBouncer", has the figures). Single statements have no transaction
+        # to carry them: they rely on the defaults, hence the RECONNECT after `migrate`.
+        timeouts = "; ".join(
+            f"SET LOCAL {name} = {value}" for name, value in bounds.items() if name in TIMEOUTS
+        )
         return ConnectionMode(
             pooler="pgbouncer",
             server_settings={"application_name": APPLICATION_NAME},
             statement_cache_size=0,
             role_defaults=bounds,
+            begin=f"BEGIN ISOLATION LEVEL READ COMMITTED; {timeouts}",
         )
     return ConnectionMode(
         pooler="none",

@@ -13,7 +13,7 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
 from partner_gateway import store
-from partner_gateway.db import DatabaseDep
+from partner_gateway.db import TIMEOUTS, DatabaseDep
 from partner_gateway.errors import is_database_unavailable, problem
 from partner_gateway.metrics import exposition
 from partner_gateway.openapi import problem_responses
@@ -21,7 +21,6 @@ from partner_gateway.schema import head_revision
 
 router = APIRouter(tags=["operations"])
 
-TIMEOUTS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout")
 ISOLATION = "default_transaction_isolation"
 
 
@@ -68,7 +67,8 @@ async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
     if unbounded := _unbounded(in_force):
         # Behind PgBouncer the bounds are the role's defaults, which `migrate` writes.
         detail = (
-            f"database sessions run unbounded ({unbounded}): run `partner-gateway migrate` with DB_POOLER set"
+            f"database sessions run unbounded ({unbounded}): "
+            "run `partner-gateway migrate` with DB_POOLER set, then RECONNECT on PgBouncer's admin console"
         )
         return problem(503, detail)
     return JSONResponse({"status": "ready", "schemaRevision": revision})
