@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import (
     AbstractAsyncContextManager,
     AbstractContextManager,
@@ -244,7 +244,8 @@ class Pool:
 
     The asyncpg pool is built at the first acquire, inside the running loop; until then nothing
     connects. `dsn` and `connect_args` go to `asyncpg.connect` as they are (hosts, SSL, the
-    mode's start-up parameters and statement cache).
+    mode's start-up parameters and statement cache), or to `connect`, a stand-in with its
+    signature (asyncpg's pool adds `loop`, `connection_class` and `record_class`).
     """
 
     def __init__(
@@ -256,8 +257,10 @@ class Pool:
         pre_ping: bool = False,
         ping_timeout: float = 1.0,
         keep: int | None = None,
+        connect: Callable[..., Awaitable[asyncpg.Connection]] | None = None,
     ) -> None:
         self.size = size
+        self._connect = connect  # None: asyncpg.connect
         self._keep = size if keep is None else keep  # idle connections kept; the rest are overflow
         self._dsn = dsn
         self._connect_args = connect_args
@@ -287,6 +290,7 @@ class Pool:
                 reset=_keep_session,
                 max_inactive_connection_lifetime=IDLE_LIFETIME_SECONDS,
                 connection_class=_AgedConnection,
+                connect=self._connect,
                 **self._connect_args,
             )
         return self._pool
