@@ -318,13 +318,15 @@ class Pool:
     async def release(self, conn: Any, *, reusable: bool) -> None:
         """Back to the pool, or ended: not `reusable`, overflow, or too old."""
         assert self._pool is not None
-        if not reusable or self._surplus(conn):
+        # None: the connection closed under us and asyncpg has already taken it back.
+        born: float | None = getattr(conn, "born", None)
+        if not reusable or born is None or self._surplus(born):
             self.discard(conn)
             return
-        await self._pool.release(conn)  # a connection found closed is replaced at next acquire
+        await self._pool.release(conn)
 
-    def _surplus(self, conn: Any) -> bool:
-        if asyncio.get_running_loop().time() - conn.born > MAX_CONNECTION_AGE_SECONDS:
+    def _surplus(self, born: float) -> bool:
+        if asyncio.get_running_loop().time() - born > MAX_CONNECTION_AGE_SECONDS:
             return True
         return self._keep < self.size and self.idle >= self._keep
 
