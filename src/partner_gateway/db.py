@@ -1,8 +1,8 @@
 """The schema's metadata (SQLAlchemy, for the models and Alembic) and the request path's database.
 
 The request path runs on asyncpg directly: SQLAlchemy's `AsyncConnection` cost half the
-service's throughput for identical SQL (bench/README.md). `Database` owns asyncpg's pool
-(`Pool`) and hands out `Connection`s that run the store's `Statement`s.
+service's throughput for identical SQL (bench/README.md). `Database` owns a small pool of
+asyncpg connections and hands out `Connection`s that run the store's `Statement`s.
 
 How connections are opened and transactions begun is one object chosen at start-up, a
 `ConnectionMode`: straight to PostgreSQL, the timeouts and the isolation level travel as the
@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import (
     AbstractAsyncContextManager,
     AbstractContextManager,
     asynccontextmanager,
     nullcontext,
-    suppress,
 )
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -47,8 +47,6 @@ NAMING_CONVENTION = {
 DEADLINE_GRACE_SECONDS = 1.0
 # Connections are replaced after this long, as SQLAlchemy's pool_recycle did.
 MAX_CONNECTION_AGE_SECONDS = 1800.0
-# asyncpg closes a connection left idle this long: a quiet process holds no backends.
-IDLE_LIFETIME_SECONDS = 300.0
 # DB_POOL_PRE_PING: a reused connection that does not answer `SELECT 1` within this (or an
 # eighth of DB_TIMEOUT_SECONDS, if less) is ended and the next one tried, so a few frozen
 # backends cost one request some waiting, not a 503 each.
@@ -227,25 +225,28 @@ def asyncpg_dsn(url: str) -> str:
 
 
 class Pool:
-    """asyncpg's own pool (`asyncpg.create_pool`), with what the request path adds to it.
+    """The request path's pool of asyncpg connections.
 
-    - No reset query on release: asyncpg's default one (`RESET ALL`, `UNLISTEN *`, ...) cost
-      20-35 % of the authenticate transaction's throughput, and the service never changes session
-      state. asyncpg's release still rolls back a transaction left open (`Database` has rolled it
-      back before then).
-    - `release(conn, reusable=False)` ends a connection instead of returning it: `Database`
-      decides with `connection_broken`. Nothing else is discarded: a cut or a broken connection
-      costs that connection only, while asyncpg replaces a connection it finds closed (a server
-      restart) at its next acquire. `expire_connections()` replaces them all.
-    - DB_POOL_PRE_PING, with the ping bounded: a connection that does not answer is ended
-      (never left to the garbage collector, still open) and the next one is tried.
-    - DB_MAX_OVERFLOW (connections past DB_POOL_SIZE are closed once returned), an age limit,
-      and connections idle for IDLE_LIFETIME_SECONDS closed by asyncpg.
+    Not asyncpg's own pool, measured (issue 21): with a no-op `reset=` its checkout and release
+    cost 20-27 µs of CPU against 10-15 µs for a whole `Database.statement()` on this one (the
+    same loaded 2-core machine, interleaved; asyncpg's release runs in a task of its own under
+    `asyncio.shield`, two more turns of the event loop, and keeps an idle timer per release);
+    with the wrapper below it, a single-statement checkout went from about 66 to 115 µs of CPU
+    and its in-process rate from 4,208 to 2,290 per second. asyncpg's default reset query
+    (`RESET ALL`, ...) cost 20-35 % of the authenticate transaction besides; nothing here needs
+    it, since the service never changes session state.
 
-    The asyncpg pool is built at the first acquire, inside the running loop; until then nothing
-    connects. `dsn` and `connect_args` go to `asyncpg.connect` as they are (hosts, SSL, the
-    mode's start-up parameters and statement cache), or to `connect`, a stand-in with its
-    signature (asyncpg's pool adds `loop`, `connection_class` and `record_class`).
+    What asyncpg's pool does right, this one does too (each tested in tests/test_db.py):
+    - a cut or a broken connection ends that connection only: its idle siblings stay, and a
+      connection found closed (a server restart) is skipped at the next checkout;
+    - DB_POOL_PRE_PING's ping is bounded: a connection that does not answer is ended, never
+      left open to the garbage collector, and the next one is tried;
+    - after `close()`, a connection released is closed, never kept.
+    `release(conn, reusable=False)` ends a connection instead of returning it (`Database`
+    decides with `connection_broken`); `expire_connections()` replaces every connection (idle
+    ones at once, busy ones at release). `dsn` and `connect_args` go to `asyncpg.connect` as they
+    are (hosts, SSL, the mode's start-up parameters and statement cache), or to `connect`, a
+    stand-in with its signature.
     """
 
     def __init__(
@@ -260,111 +261,98 @@ class Pool:
         connect: Callable[..., Awaitable[asyncpg.Connection]] | None = None,
     ) -> None:
         self.size = size
-        self._connect = connect  # None: asyncpg.connect
         self._keep = size if keep is None else keep  # idle connections kept; the rest are overflow
         self._dsn = dsn
         self._connect_args = connect_args
+        self._connect_to = connect or asyncpg.connect
         self._pre_ping = pre_ping
         self._ping_timeout = ping_timeout
-        self._pool: asyncpg.Pool | None = None
+        self._slots = asyncio.Semaphore(size)
+        self._idle: deque[asyncpg.Connection] = deque()
+        self._born: dict[int, tuple[float, int]] = {}  # id -> (opened at, generation)
+        self._generation = 0
         self._closed = False
+        self.in_use = 0
 
     @property
     def idle(self) -> int:
-        return 0 if self._pool is None else int(self._pool.get_idle_size())
+        return len(self._idle)
 
-    @property
-    def in_use(self) -> int:
-        return 0 if self._pool is None else int(self._pool.get_size()) - self.idle
+    async def acquire(self) -> asyncpg.Connection:
+        if self._closed:
+            raise asyncpg.InterfaceError("the pool is closed")
+        await self._slots.acquire()
+        try:
+            conn = await self._reused() or await self._connect()
+        except BaseException:
+            self._slots.release()
+            raise
+        self.in_use += 1
+        return conn
 
-    async def _opened(self) -> asyncpg.Pool:
-        if self._pool is None:
-            if self._closed:
-                raise asyncpg.InterfaceError("the pool is closed")
-            # min_size 0: asyncpg connects nothing here, so this finishes without yielding and
-            # no other task sees a half-built pool.
-            self._pool = await asyncpg.create_pool(
-                self._dsn,
-                min_size=0,
-                max_size=self.size,
-                reset=_keep_session,
-                max_inactive_connection_lifetime=IDLE_LIFETIME_SECONDS,
-                connection_class=_AgedConnection,
-                connect=self._connect,
-                **self._connect_args,
-            )
-        return self._pool
-
-    async def acquire(self) -> Any:
-        """A connection (asyncpg's pool proxy): a reused one answered a ping when pre-ping is on."""
-        pool = await self._opened()
-        while True:
-            conn = await pool.acquire()
-            if not self._pre_ping or await self._answers(conn):
+    async def _reused(self) -> asyncpg.Connection | None:
+        """The most recently used idle connection that is open, current and (pre-ping) answers."""
+        while self._idle:
+            conn = self._idle.pop()  # the most recently used: warm caches, fewer connections
+            if self._current(conn) and (not self._pre_ping or await self._answers(conn)):
                 return conn
+            self.discard(conn)
+        return None
 
-    async def _answers(self, conn: Any) -> bool:
+    async def _answers(self, conn: asyncpg.Connection) -> bool:
         """DB_POOL_PRE_PING: a round trip, bounded, before a request uses the connection."""
         try:
             await conn.execute("SELECT 1", timeout=self._ping_timeout)
         except PING_FAILURES:
-            self.discard(conn)
             return False
-        except BaseException:  # the caller's deadline, mid-ping
+        except BaseException:  # the caller's deadline, mid-ping: never leave it open, unowned
             self.discard(conn)
             raise
         return True
 
-    async def release(self, conn: Any, *, reusable: bool) -> None:
-        """Back to the pool, or ended: not `reusable`, overflow, or too old."""
-        assert self._pool is not None
-        # None: the connection closed under us and asyncpg has already taken it back.
-        born: float | None = getattr(conn, "born", None)
-        if not reusable or born is None or self._surplus(born):
+    async def _connect(self) -> asyncpg.Connection:
+        generation = self._generation
+        conn: asyncpg.Connection = await self._connect_to(self._dsn, **self._connect_args)
+        self._born[id(conn)] = (asyncio.get_running_loop().time(), generation)
+        return conn
+
+    def _current(self, conn: asyncpg.Connection) -> bool:
+        """Open, younger than MAX_CONNECTION_AGE_SECONDS, and not expired."""
+        born, generation = self._born.get(id(conn), (0.0, -1))
+        age = asyncio.get_running_loop().time() - born
+        return not conn.is_closed() and age < MAX_CONNECTION_AGE_SECONDS and generation == self._generation
+
+    def release(self, conn: asyncpg.Connection, *, reusable: bool) -> None:
+        """Back to the idle connections, or ended: not `reusable`, closed, expired, overflow, or
+        the pool closed. A broken connection costs itself only."""
+        self.in_use -= 1
+        if reusable and not self._closed and len(self._idle) < self._keep and self._current(conn):
+            self._idle.append(conn)
+        else:
             self.discard(conn)
-            return
-        await self._pool.release(conn)
+        self._slots.release()
 
-    def _surplus(self, born: float) -> bool:
-        if asyncio.get_running_loop().time() - born > MAX_CONNECTION_AGE_SECONDS:
-            return True
-        return self._keep < self.size and self.idle >= self._keep
-
-    def discard(self, conn: Any) -> None:
-        """End a connection now; its slot goes back to the pool (asyncpg opens a new one on demand)."""
-        with suppress(asyncpg.InterfaceError):  # already ended and released (a cut)
-            conn.terminate()
+    def discard(self, conn: asyncpg.Connection) -> None:
+        """End a connection now (its slot is the caller's to release)."""
+        self._born.pop(id(conn), None)
+        conn.terminate()
 
     async def expire_connections(self) -> None:
-        """Replace every connection: idle ones at their next acquire, busy ones at release."""
-        if self._pool is not None:
-            await self._pool.expire_connections()
+        """Replace every connection open now: the idle ones at once, busy ones at release."""
+        self._generation += 1
+        while self._idle:
+            self.discard(self._idle.pop())
 
     async def close(self, *, timeout: float) -> None:
-        """Wait (at most `timeout`) for connections in use, close them all, refuse new acquires.
-
-        Past `timeout` asyncpg terminates every connection, busy ones included; a release after
-        that finds its connection already ended.
-        """
+        """Close the idle connections and refuse new checkouts; one in use is closed at release."""
         self._closed = True
-        if self._pool is None:
-            return
-        with suppress(TimeoutError):
-            await asyncio.wait_for(self._pool.close(), timeout)
-
-
-async def _keep_session(conn: asyncpg.Connection) -> None:
-    """asyncpg's reset hook: nothing to reset (see `Pool`)."""
-
-
-class _AgedConnection(asyncpg.Connection):  # type: ignore[misc]
-    """asyncpg's connection with its birth time on the loop's clock: the pool's age limit."""
-
-    __slots__ = ("born",)
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.born = asyncio.get_running_loop().time()
+        while self._idle:
+            conn = self._idle.pop()
+            self._born.pop(id(conn), None)
+            try:
+                await asyncio.wait_for(conn.close(), timeout=timeout)
+            except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
+                conn.terminate()
 
 
 # A connection that raised one of these is not used again. InternalClientError: asyncpg's
@@ -459,15 +447,18 @@ class Database:
             raise
         finally:
             cut.cancel()
-            await pool.release(raw, reusable=reusable)
+            pool.release(raw, reusable=reusable)
 
-    async def _rolled_back(self, raw: Any) -> bool:
+    async def _rolled_back(self, raw: asyncpg.Connection) -> bool:
         """After an error: True when the connection is clean again (its transaction rolled back)."""
+        if raw.is_closed():
+            return False
+        if not raw.is_in_transaction():
+            return True
         try:
-            if raw.is_in_transaction():
-                await raw.execute("ROLLBACK")
+            await raw.execute("ROLLBACK")
         except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
-            return False  # gone under us (cut, or closed and released by asyncpg), or unanswered
+            return False
         return True
 
     async def close(self) -> None:

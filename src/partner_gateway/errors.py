@@ -126,13 +126,7 @@ def is_database_unavailable(exc: BaseException) -> bool:
         sqlstate = exc.sqlstate or ""
         return sqlstate in _RETRYABLE_SQLSTATES or sqlstate.startswith("08")
     if isinstance(exc, asyncpg.InterfaceError):  # e.g. the connection was closed under a statement
-        # (a connection cut or lost between two statements is already back in asyncpg's pool)
-        message = str(exc)
-        return (
-            isinstance(exc, asyncpg.ConnectionDoesNotExistError)
-            or "closed" in message
-            or "released back to the pool" in message
-        )
+        return isinstance(exc, asyncpg.ConnectionDoesNotExistError) or "closed" in str(exc)
     cause = exc.__cause__
     return isinstance(cause, BaseException) and is_database_unavailable(cause)
 
