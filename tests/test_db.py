@@ -172,3 +172,22 @@ class TestPoolDefects:
             async with database.statement():
                 pass
         assert is_database_unavailable(raised.value)
+
+
+class TestExpireConnections:
+    async def test_every_connection_open_now_is_replaced_idle_at_once_busy_at_release(
+        self, database_url: str, engine: AsyncEngine
+    ) -> None:
+        database = create_database(make_settings(database_url, db_pool_size=3), database_url)
+        try:
+            old = await _warm(database, 2)
+            async with database.statement() as busy:
+                old.append(await busy.fetchval(BACKEND_PID))
+                await database.pool.expire_connections()  # e.g. the primary moved
+                assert (database.pool.in_use, database.pool.idle) == (1, 0)
+            assert (database.pool.in_use, database.pool.idle) == (0, 0)
+            assert await _gone(engine, old) == set()
+            async with database.statement() as conn:
+                assert await conn.fetchval(BACKEND_PID) not in old
+        finally:
+            await database.close()
