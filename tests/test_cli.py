@@ -232,6 +232,30 @@ class TestPortInUse:
         assert result.stderr.strip().replace(f":{port} ", ":8000 ") in readme  # the README shows it
 
 
+class TestProbePort:
+    def test_with_several_workers_is_one_configuration_line(self, tmp_path: Path) -> None:
+        env = _env(DATA_DIR=str(tmp_path / "data"), PROBE_PORT=str(free_port()))
+        result = _run("serve", "--local", "--workers", "2", "--port", str(free_port()), env=env, cwd=tmp_path)
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == [
+            "partner-gateway: configuration error: PROBE_PORT needs --workers 1 (one process per container);"
+            " unset it to use workers"
+        ]
+
+    def test_in_use_is_one_line_naming_it(self, tmp_path: Path) -> None:
+        port = free_port()
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", port))
+            taken.listen()
+            env = _env(DATA_DIR=str(tmp_path / "data"), PROBE_PORT=str(port))
+            result = _run("serve", "--local", "--port", str(free_port()), env=env, cwd=tmp_path)
+        assert result.returncode == 1
+        assert result.stderr.splitlines() == [
+            f"partner-gateway: cannot serve: 127.0.0.1:{port} is already in use (another serve?); "
+            "choose another PROBE_PORT"
+        ]
+
+
 class TestFailureLinesNeverSpellThePassword:
     @pytest.mark.parametrize("password", ["p", "pw7", "a-much-longer-password"])
     def test_even_a_password_that_occurs_in_the_message(self, password: str) -> None:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
+from contextlib import AsyncExitStack
 from typing import Any
 
 import httpx
@@ -10,7 +12,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from partner_gateway.db import Database
 from partner_gateway.schema import head_revision
+from tests.conftest import app_of
 
 
 class TestHealth:
@@ -45,7 +49,8 @@ class TestHealth:
         assert response.status_code == 503
         assert response.json()["detail"] == (
             "database sessions run unbounded (lock_timeout = 0, statement_timeout = 0,"
-            " idle_in_transaction_session_timeout = 0): run `partner-gateway migrate` with DB_POOLER set"
+            " idle_in_transaction_session_timeout = 0): run `partner-gateway migrate` with DB_POOLER set,"
+            " then RECONNECT on PgBouncer's admin console"
         )
 
     async def test_readyz_is_503_when_the_schema_is_behind(
@@ -75,6 +80,23 @@ class TestHealth:
         )
         assert response.status_code == 503
         assert response.headers["content-type"] == "application/problem+json"
+
+
+class TestReadinessUnderLoad:
+    async def test_readyz_answers_at_once_while_traffic_holds_every_pooled_connection(
+        self, make_client: Callable[..., Any]
+    ) -> None:
+        client = await make_client(db_pool_size=2, db_timeout_seconds=2)
+        database: Database = app_of(client).state.database
+        async with AsyncExitStack() as stack:
+            for _ in range(2):  # requests in flight on both of the pool's connections
+                await stack.enter_async_context(database.statement())
+            started = time.monotonic()
+            response = await client.get("/readyz")
+            elapsed = time.monotonic() - started
+            assert (database.pool.in_use, database.pool.idle) == (2, 0)
+        assert response.status_code == 200
+        assert elapsed < 1  # not the pool's wait (DB_TIMEOUT_SECONDS), then a 503
 
 
 class TestProbesAcceptHead:

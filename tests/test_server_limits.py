@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from tests.processes import served
+from tests.processes import free_port, served
 
 REQUEST = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
 
@@ -33,6 +33,30 @@ class TestServerLimits:
                     holder.close()
             time.sleep(0.2)
             assert httpx.get(f"{url}/healthz", timeout=5).status_code == 200
+
+    def test_the_probe_port_answers_while_slow_clients_fill_the_main_port(self, database_url: str) -> None:
+        probe_port = free_port()
+        with served(database_url, HTTP_MAX_CONCURRENCY="3", PROBE_PORT=str(probe_port)) as url:
+            slow = [socket.create_connection(("127.0.0.1", _port(url)), timeout=5) for _ in range(3)]
+            try:
+                for client in slow:  # a request that never finishes its headers
+                    client.sendall(b"POST /betlink/session HTTP/1.1\r\nHost: x\r\n")
+                time.sleep(0.2)
+                assert httpx.get(f"{url}/healthz", timeout=5).status_code == 503
+                probes = f"http://127.0.0.1:{probe_port}"
+                started = time.monotonic()
+                answers = [
+                    httpx.get(f"{probes}{path}", timeout=5) for path in ("/healthz", "/readyz", "/metrics")
+                ]
+                elapsed = time.monotonic() - started
+            finally:
+                for client in slow:
+                    client.close()
+        assert [answer.status_code for answer in answers] == [200, 200, 200]
+        assert answers[0].json() == {"status": "ok"}
+        assert answers[1].json()["status"] == "ready"
+        assert "partner_gateway_db_pool_in_use" in answers[2].text
+        assert elapsed < 3
 
     def test_an_idle_keep_alive_connection_is_closed(self, database_url: str) -> None:
         with served(database_url, HTTP_KEEPALIVE_SECONDS="1") as url:

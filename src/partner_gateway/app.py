@@ -31,8 +31,30 @@ def _bidpaw_http(settings: Settings) -> httpx.AsyncClient:
     )
 
 
-def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI:
-    """The service, bound to `settings.database_url` (local mode resolves it before this)."""
+def _probe_app(app: FastAPI, settings: Settings) -> FastAPI:
+    """The operations routes alone, sharing `app`'s state (database, settings), for PROBE_PORT."""
+    probes = FastAPI(
+        title="partner-gateway probes",
+        openapi_url=None,
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
+    probes.state = app.state
+    errors.install_error_handlers(probes)
+    probes.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
+    probes.include_router(ops.router)
+    return probes
+
+
+def create_app(
+    settings: Settings, *, tracing: Tracing | None = None, probe_host: str = "127.0.0.1"
+) -> FastAPI:
+    """The service, bound to `settings.database_url` (local mode resolves it before this).
+
+    With PROBE_PORT set, the lifespan also serves the probes on `probe_host`:PROBE_PORT
+    (`serve` passes its `--host`)."""
     if settings.database_url is None:
         raise ValueError("create_app needs a database URL; local mode resolves it first")
     database_url = settings.database_url
@@ -48,9 +70,15 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI
         app.state.database = database
         app.state.bidpaw = BidPawClient(http, settings=settings) if settings.bidpaw_configured else None
         POOL.track(database.pool)
+        probes = None
+        if settings.probe_port is not None:
+            probes = ops.ProbeListener(_probe_app(app, settings), host=probe_host, port=settings.probe_port)
+            await probes.start()
         try:
             yield
         finally:
+            if probes is not None:
+                await probes.stop()
             await http.aclose()
             await database.close()
 

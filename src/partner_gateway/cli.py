@@ -51,7 +51,7 @@ class PortInUse(Exception):
     """Another process listens on the address `serve` was given; the message is the one line."""
 
 
-def require_free_port(host: str, port: int) -> None:
+def require_free_port(host: str, port: int, *, hint: str = "choose another port with --port") -> None:
     """Fail in one line, with a `--port` hint, before local mode starts or prints anything.
 
     Only "in use" is reported here; any other bind problem (a host name that does not resolve,
@@ -67,9 +67,7 @@ def require_free_port(host: str, port: int) -> None:
             probe.bind(address)
         except OSError as exc:
             if exc.errno == errno.EADDRINUSE:
-                raise PortInUse(
-                    f"{host}:{port} is already in use (another serve?); choose another port with --port"
-                ) from None
+                raise PortInUse(f"{host}:{port} is already in use (another serve?); {hint}") from None
 
 
 def _require_local_extra() -> None:
@@ -155,13 +153,21 @@ def serve(
     from partner_gateway.app import create_app
 
     require_free_port(host, port)
+    if settings.probe_port is not None:
+        if workers != 1:
+            # Each worker would need the port: the probes would answer for whichever one the
+            # kernel picked. One process per container is the image's way (README, Deployment).
+            raise ConfigError(
+                "PROBE_PORT needs --workers 1 (one process per container); unset it to use workers"
+            )
+        require_free_port(host, settings.probe_port, hint="choose another PROBE_PORT")
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     options = uvicorn_options(settings)
     with database(settings, local=local) as bound:
         secrets_file = settings.data_dir.resolve() / LOCAL_SECRETS_FILE
         _announce(generated, secrets_file=secrets_file, host=host, port=port)
         if workers == 1:
-            uvicorn.run(create_app(bound), host=host, port=port, **options)
+            uvicorn.run(create_app(bound, probe_host=host), host=host, port=port, **options)
             return
         # Worker processes build their own app from the environment: hand them the resolved
         # settings (local mode's embedded URL and generated keys) as environment variables,

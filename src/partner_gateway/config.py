@@ -160,6 +160,7 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(65536, ge=1024)
     http_max_concurrency: int = Field(1000, ge=1)
     http_keepalive_seconds: float = Field(5.0, gt=0)
+    probe_port: int | None = Field(None, ge=1, le=65535)
     docs_enabled: bool = True
     otel_exporter_otlp_endpoint: str | None = None
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

@@ -1,14 +1,19 @@
-"""Routes for operators and probes: liveness, readiness."""
+"""Routes for operators and probes: liveness, readiness, metrics; and the probe listener.
+
+The routes are served on the main port and, with PROBE_PORT set, on a listener of their own
+(`ProbeListener`) that traffic cannot starve.
+"""
 
 from __future__ import annotations
 
-from fastapi import APIRouter, Request
+import uvicorn
+from fastapi import APIRouter, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
 from partner_gateway import store
-from partner_gateway.db import DatabaseDep
+from partner_gateway.db import TIMEOUTS, DatabaseDep
 from partner_gateway.errors import is_database_unavailable, problem
 from partner_gateway.metrics import exposition
 from partner_gateway.openapi import problem_responses
@@ -16,7 +21,6 @@ from partner_gateway.schema import head_revision
 
 router = APIRouter(tags=["operations"])
 
-TIMEOUTS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout")
 ISOLATION = "default_transaction_isolation"
 
 
@@ -51,7 +55,7 @@ async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
     are bounded (timeouts set, READ COMMITTED)."""
     try:
         head = head_revision()
-        async with db.statement() as conn:
+        async with db.reserved() as conn:
             revision = await store.schema_revision(conn)
             in_force = await store.session_settings(conn, [*TIMEOUTS, ISOLATION])
     except Exception as exc:
@@ -63,7 +67,8 @@ async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
     if unbounded := _unbounded(in_force):
         # Behind PgBouncer the bounds are the role's defaults, which `migrate` writes.
         detail = (
-            f"database sessions run unbounded ({unbounded}): run `partner-gateway migrate` with DB_POOLER set"
+            f"database sessions run unbounded ({unbounded}): "
+            "run `partner-gateway migrate` with DB_POOLER set, then RECONNECT on PgBouncer's admin console"
         )
         return problem(503, detail)
     return JSONResponse({"status": "ready", "schemaRevision": revision})
@@ -86,3 +91,38 @@ def _missing_schema(exc: Exception) -> bool:
 async def metrics() -> Response:
     """Prometheus text format: HTTP, BetLink auth outcomes, BidPaw calls, database pool, build."""
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+class ProbeListener:
+    """/healthz, /readyz and /metrics on PROBE_PORT: a second uvicorn server in the same process
+    and event loop, started and stopped by the app's lifespan.
+
+    Outside the main listener's HTTP_MAX_CONCURRENCY, which counts every connection: slow or
+    excess clients that fill it get the main port's `503`s, while the orchestrator's probes
+    here still reach the app. `/readyz` uses the database's reserved connection, so a pool
+    saturated by traffic does not fail readiness either.
+    """
+
+    def __init__(self, app: FastAPI, *, host: str, port: int) -> None:
+        config = uvicorn.Config(
+            app,
+            host=host,
+            port=port,
+            lifespan="off",  # the main server's lifespan owns every resource
+            log_config=None,
+            access_log=False,
+            server_header=False,
+            timeout_graceful_shutdown=1,
+        )
+        config.load()
+        self._server = uvicorn.Server(config)
+        # What Server.serve() would set up before startup(); serve() itself is not used, since it
+        # would take over the process's signal handlers from the main server.
+        self._server.lifespan = config.lifespan_class(config)
+
+    async def start(self) -> None:
+        await self._server.startup()
+
+    async def stop(self) -> None:
+        if self._server.started:
+            await self._server.shutdown()

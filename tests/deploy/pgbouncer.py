@@ -1,9 +1,9 @@
 """A real PgBouncer for the tests: deploy/pgbouncer/pgbouncer.ini with this run's addresses.
 
 The reference file is used as it is, except for the values `render` replaces (each must be in
-it exactly once): where PostgreSQL and PgBouncer listen, the userlist's path, and the server
-pool's size. PgBouncer refuses to run as root: under root it runs as the owner of the embedded
-server's socket directory, the one user that can reach that socket anyway.
+it exactly once): where PostgreSQL and PgBouncer listen, the userlist's path, the server pool's
+size and the admin console's user. PgBouncer refuses to run as root: under root it runs as the
+owner of the embedded server's socket directory, the one user that can reach that socket anyway.
 """
 
 from __future__ import annotations
@@ -44,7 +44,15 @@ class PgBouncer:
 
     @classmethod
     def configure(
-        cls, *, server_host: str, server_port: int, database: str, userlist: str, port: int, pool_size: int
+        cls,
+        *,
+        server_host: str,
+        server_port: int,
+        database: str,
+        userlist: str,
+        port: int,
+        pool_size: int,
+        admin: str = "pgbouncer_admin",
     ) -> PgBouncer:
         owner = None
         if os.geteuid() == 0:
@@ -57,6 +65,7 @@ class PgBouncer:
             "listen_port": str(port),
             "auth_file": str(directory / "userlist.txt"),
             "default_pool_size": str(pool_size),
+            "admin_users": admin,
         }
         (directory / "pgbouncer.ini").write_text(render(REFERENCE.read_text(), values))
         (directory / "userlist.txt").write_text(userlist)

@@ -205,6 +205,10 @@ class TestComposeFile:
         assert not [name for name in purge if name.endswith(("_KEYS", "_KEY"))]
         assert purge["DATABASE_URL"] == services["app"]["environment"]["DATABASE_URL"]
 
+    def test_the_app_serves_its_probes_on_a_port_of_their_own(self) -> None:
+        app = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["app"]
+        assert app["environment"]["PROBE_PORT"] == "8081"  # the image's HEALTHCHECK asks it
+
     def test_the_grace_period_is_above_the_drain(self) -> None:
         app = yaml.safe_load(COMPOSE_FILE.read_text())["services"]["app"]
         assert int(app["stop_grace_period"].removesuffix("s")) > UVICORN_OPTIONS["timeout_graceful_shutdown"]

@@ -7,6 +7,8 @@ creates, both with a read-only root filesystem and no capabilities; the host rea
 
 from __future__ import annotations
 
+import json
+import re
 import signal
 import threading
 import time
@@ -21,6 +23,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import ProgrammingError
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from partner_gateway.config import Settings
 from tests.conftest import (
     BETLINK_KEY,
     ENCRYPTION_KEY,
@@ -125,6 +128,7 @@ def migrated(image: str, database: Database) -> Database:
 def _service_env(database: Database, port: int) -> list[str]:
     environment = {
         "PORT": str(port),
+        "PROBE_PORT": str(free_port()),  # what the image's health check then asks
         "DATABASE_URL": database.app_url,
         "GATEWAY_API_KEYS": GATEWAY_KEY,
         "BETLINK_API_KEYS": BETLINK_KEY,
@@ -177,9 +181,16 @@ class TestImage:
     def test_keeps_its_healthcheck_and_checks_the_configured_port(self, served: tuple[str, str]) -> None:
         name, _ = served
         config = podman("inspect", "--format", "{{json .Config.Healthcheck}}", name).stdout
-        assert "PORT" in config
+        assert "PROBE_PORT" in config
         assert "/healthz" in config
         assert podman("healthcheck", "run", name, check=False).returncode == 0
+        # Above DB_TIMEOUT_SECONDS + 1 s at the default, the check's own and the HTTP call's.
+        check = json.loads(config)
+        limit = Settings.model_fields["db_timeout_seconds"].default + 1
+        assert check["Timeout"] / 1e9 > limit
+        call = re.search(r"urlopen\(url, timeout=(\d+)\)", check["Test"][-1])
+        assert call is not None
+        assert int(call.group(1)) > limit
 
     def test_runs_as_a_user_that_cannot_change_its_code(self, image: str, served: tuple[str, str]) -> None:
         name, _ = served

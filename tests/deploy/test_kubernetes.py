@@ -71,13 +71,25 @@ class TestSchemas:
 
 
 class TestApiDeployment:
-    def test_probes_are_healthz_and_readyz_on_the_serving_port(self) -> None:
+    def test_probes_are_healthz_and_readyz_on_the_probe_port(self) -> None:
         pod = _named("Deployment", "partner-gateway")["spec"]["template"]["spec"]
         (container,) = pod["containers"]
-        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
-        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
-        assert container["ports"] == [{"name": "http", "containerPort": 8000}]
+        assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+        assert container["startupProbe"]["httpGet"] == {"path": "/healthz", "port": "probes"}
+        assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "probes"}
+        assert container["ports"] == [
+            {"name": "http", "containerPort": 8000},
+            {"name": "probes", "containerPort": 8081},
+        ]
         assert {"name": "PORT", "value": "8000"} in container["env"]
+        assert {"name": "PROBE_PORT", "value": "8081"} in container["env"]
+
+    def test_probe_timeouts_exceed_the_database_timeout_plus_a_second(self) -> None:
+        config = _named("ConfigMap", "partner-gateway")["data"]
+        timeout = float(config.get("DB_TIMEOUT_SECONDS", Settings.model_fields["db_timeout_seconds"].default))
+        (container,) = _named("Deployment", "partner-gateway")["spec"]["template"]["spec"]["containers"]
+        for probe in ("readinessProbe", "livenessProbe", "startupProbe"):
+            assert container[probe]["timeoutSeconds"] > timeout + 1, probe
 
     def test_the_grace_period_covers_pre_stop_and_drain(self) -> None:
         pod = _named("Deployment", "partner-gateway")["spec"]["template"]["spec"]

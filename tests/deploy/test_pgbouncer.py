@@ -28,7 +28,7 @@ import pytest
 from sqlalchemy import make_url, text
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
-from partner_gateway.db import Statement, create_database
+from partner_gateway.db import Statement, asyncpg_dsn, connection_mode, create_database
 from tests.conftest import GATEWAY_HEADERS, make_settings
 from tests.deploy.conftest import note, timed
 from tests.deploy.pgbouncer import PgBouncer
@@ -43,6 +43,11 @@ POOL = 4  # PgBouncer's server connections to PostgreSQL
 SERVICE_POOL = 6  # each service process's connections to PgBouncer: 2 x 6 clients on 4 servers
 ROLE, DATABASE = "gateway", "gateway_pgbouncer"
 PASSWORD = "pgbouncer-test-" + uuid.uuid4().hex
+ADMIN, ADMIN_PASSWORD = "pgbouncer_admin", "pgbouncer-admin-" + uuid.uuid4().hex  # the console's
+BOUNDS = ("lock_timeout", "statement_timeout", "idle_in_transaction_session_timeout")
+BOUNDED = {"lock_timeout": f"{TIMEOUT}s", "statement_timeout": f"{TIMEOUT}s"} | {
+    "idle_in_transaction_session_timeout": f"{TIMEOUT * 4}s"
+}
 TABLES = ("idempotency_keys", "user_sessions", "player_block_events", "players")
 AUTH = "/betlink/authenticate"
 QUERIES = 300  # per process in the mix-up check
@@ -79,6 +84,61 @@ async def _drop_owner(server: dict[str, Any]) -> None:
         await conn.close()
 
 
+_UNBOUNDED = dict.fromkeys(BOUNDS, "0")
+
+
+async def _server_connections(port: int) -> list[dict[str, str]]:
+    """The settings in force on each of PgBouncer's POOL server connections, as a single statement
+    (no BEGIN of the service's) sees them: POOL clients at once, each inside a transaction, so
+    each holds a server connection of its own."""
+    clients = [
+        await asyncpg.connect(
+            host="127.0.0.1",
+            port=port,
+            user=ROLE,
+            password=PASSWORD,
+            database="gateway",
+            statement_cache_size=0,
+        )
+        for _ in range(POOL)
+    ]
+    try:
+        for client in clients:
+            await client.execute("BEGIN")
+        seen = [
+            dict(await client.fetchrow("SELECT pg_backend_pid() AS pid, " + _settings_sql()) or {})
+            for client in clients
+        ]
+        for client in clients:
+            await client.execute("COMMIT")
+    finally:
+        for client in clients:
+            await client.close()
+    assert len({row.pop("pid") for row in seen}) == POOL  # POOL distinct server connections
+    return [{name: str(value) for name, value in row.items()} for row in seen]
+
+
+def _settings_sql() -> str:
+    return ", ".join(f"current_setting('{name}') AS {name}" for name in BOUNDS)
+
+
+async def _reconnect(port: int) -> None:
+    """`RECONNECT gateway` on PgBouncer's admin console: each server connection is closed once
+    released, and the next ones start with the role's defaults."""
+    console = await asyncpg.connect(
+        host="127.0.0.1",
+        port=port,
+        user=ADMIN,
+        password=ADMIN_PASSWORD,
+        database="pgbouncer",
+        statement_cache_size=0,
+    )
+    try:
+        await console.execute("RECONNECT gateway")
+    finally:
+        await console.close()
+
+
 def _environment(url: str, **settings: str) -> dict[str, str]:
     return {
         **os.environ,
@@ -108,12 +168,16 @@ def setup(database_url: str) -> Iterator[Setup]:
             server_host=socket_dir,
             server_port=port,
             database=DATABASE,
-            userlist=f'"{ROLE}" "{secret}"\n',
+            userlist=f'"{ROLE}" "{secret}"\n"{ADMIN}" "{ADMIN_PASSWORD}"\n',
             port=free_port(),
             pool_size=POOL,
+            admin=ADMIN,
         )
         bouncer.start()
         service_url = f"postgresql+asyncpg://{ROLE}:{PASSWORD}@127.0.0.1:{bouncer.port}/gateway"
+        # Every server connection opened, as on a PgBouncer that served before the first migrate:
+        # none of them carries the role's timeouts, which `migrate` writes next.
+        assert asyncio.run(_server_connections(bouncer.port)) == [_UNBOUNDED] * POOL
         migrate = subprocess.run(
             [sys.executable, "-m", "partner_gateway", "migrate"],
             env=_environment(service_url),
@@ -122,6 +186,7 @@ def setup(database_url: str) -> Iterator[Setup]:
             timeout=60,
         )
         assert migrate.returncode == 0, migrate.stderr + bouncer.log_tail()
+        asyncio.run(_reconnect(bouncer.port))  # the README's procedure after migrate
     direct = url.set(database=DATABASE).render_as_string(hide_password=False)
     try:
         yield Setup(bouncer=bouncer, url=service_url, direct_url=direct)
@@ -188,6 +253,45 @@ async def _scalar(engine: AsyncEngine, sql: str, **params: Any) -> Any:
 
 def _digest(token: str) -> bytes:
     return hashlib.sha256(token.encode()).digest()
+
+
+class TestBoundsOnEveryServerConnection:
+    async def test_after_migrate_and_reconnect_every_server_connection_has_the_timeouts(
+        self, setup: Setup
+    ) -> None:
+        # The set-up warmed all POOL server connections before `migrate`, then ran RECONNECT.
+        assert await _server_connections(setup.bouncer.port) == [BOUNDED] * POOL
+
+    async def test_transactions_are_bounded_even_on_server_connections_older_than_the_defaults(
+        self, setup: Setup
+    ) -> None:
+        direct = await asyncpg.connect(asyncpg_dsn(setup.direct_url))
+        settings = make_settings(setup.url, db_pooler="pgbouncer", db_timeout_seconds=TIMEOUT)
+        database = create_database(settings, setup.url)
+        query = Statement("bounds", "SELECT pg_sleep(0.05), " + _settings_sql())
+        role = f"ALTER ROLE {ROLE} IN DATABASE {DATABASE}"
+        try:
+            # Server connections opened while the role had no defaults, then the defaults back:
+            # as after a first `migrate` without the RECONNECT.
+            await direct.execute(f"{role} RESET ALL")
+            await _reconnect(setup.bouncer.port)
+            assert await _server_connections(setup.bouncer.port) == [_UNBOUNDED] * POOL
+            for name, value in connection_mode(settings).role_defaults.items():
+                await direct.execute(f"{role} SET {name} = '{value}'")
+
+            async def bounds() -> dict[str, str]:
+                async with database.transaction() as conn:
+                    row = await conn.fetchrow(query)
+                assert row is not None
+                return {name: row[name] for name in BOUNDS}
+
+            seen = await asyncio.gather(*(bounds() for _ in range(POOL * 2)))  # every server connection
+        finally:
+            await database.close()
+            await _reconnect(setup.bouncer.port)
+            await direct.close()
+        assert seen == [BOUNDED] * (POOL * 2)
+        assert await _server_connections(setup.bouncer.port) == [BOUNDED] * POOL
 
 
 class TestBounds:
