@@ -28,7 +28,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase
 
-from partner_gateway.config import Settings
+from partner_gateway.config import Settings, parse_database_url
+from partner_gateway.errors import server_lost
+from partner_gateway.logs import get_logger
+from partner_gateway.metrics import DB_SERVER_LOST
+from partner_gateway.primary import Connect, PrimaryFinder
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -43,6 +47,8 @@ DEADLINE_GRACE_SECONDS = 1.0
 # Connections are replaced after this long, as SQLAlchemy's pool_recycle did.
 MAX_CONNECTION_AGE_SECONDS = 1800.0
 APPLICATION_NAME = "partner-gateway"
+
+logger = get_logger(__name__)
 
 
 class Base(DeclarativeBase):
@@ -189,18 +195,34 @@ def connection_mode(settings: Settings) -> ConnectionMode:
     )
 
 
-def asyncpg_dsn(url: str) -> str:
+def asyncpg_dsn(url: str, *, host: str | None = None) -> str:
     """A plain postgresql:// DSN for asyncpg from the service's SQLAlchemy-style URL.
 
     `ssl=<mode>` (SQLAlchemy's spelling, which Alembic's engine passes to asyncpg as a keyword)
     becomes `sslmode=<mode>`: in a DSN asyncpg would send an unknown `ssl` to the server as a
-    setting, and the connection would be refused.
+    setting, and the connection would be refused. Several hosts become asyncpg's `?host=a:1,b:2`;
+    `host` picks one of them (the DSN for that host alone).
     """
-    parsed = make_url(url).set(drivername="postgresql")
+    location = parse_database_url(url)
+    if not location.several and host is None:
+        parsed = make_url(url).set(drivername="postgresql")
+    else:
+        hosts = ",".join(location.hosts) if host is None else host
+        parsed = location.url.set(drivername="postgresql").update_query_dict({"host": hosts})
     if "ssl" in parsed.query:
         mode = parsed.query["ssl"]
         parsed = parsed.difference_update_query(["ssl"]).update_query_dict({"sslmode": mode})
     return parsed.render_as_string(hide_password=False)
+
+
+def connector(url: str) -> Connect:
+    """How new connections are opened: `asyncpg.connect`, or with several hosts a fenced search
+    for the primary (partner_gateway.primary). Same signature either way: `connect(dsn, **args)`."""
+    location = parse_database_url(url)
+    if not location.several:
+        direct: Connect = asyncpg.connect
+        return direct
+    return PrimaryFinder({host: asyncpg_dsn(url, host=host) for host in location.hosts}).connect
 
 
 class Pool:
@@ -221,8 +243,10 @@ class Pool:
         mode: ConnectionMode,
         pre_ping: bool = False,
         keep: int | None = None,
+        connect: Connect = asyncpg.connect,
     ) -> None:
         self._pre_ping = pre_ping
+        self._connect_to = connect
         self._keep = size if keep is None else keep  # idle connections kept; the rest are overflow
         self.size = size
         self._dsn = dsn
@@ -231,6 +255,9 @@ class Pool:
         self._slots = asyncio.Semaphore(size)
         self._idle: deque[tuple[asyncpg.Connection, float]] = deque()
         self._born: dict[int, float] = {}
+        # expire() starts a new generation: connections of an older one are closed, not reused.
+        self._generation = 0
+        self._generations: dict[int, int] = {}
         self.in_use = 0
 
     @property
@@ -251,7 +278,7 @@ class Pool:
         now = asyncio.get_running_loop().time()
         while self._idle:
             conn, born = self._idle.pop()  # the most recently used: warm caches, fewer connections
-            if not conn.is_closed() and now - born < MAX_CONNECTION_AGE_SECONDS:
+            if not conn.is_closed() and now - born < MAX_CONNECTION_AGE_SECONDS and self._current(conn):
                 return conn
             self._discard(conn)
         return None
@@ -269,11 +296,22 @@ class Pool:
         return conn
 
     async def _connect(self) -> asyncpg.Connection:
-        conn: asyncpg.Connection = await asyncpg.connect(
+        generation = self._generation
+        conn: asyncpg.Connection = await self._connect_to(
             self._dsn, **self._mode.connect_args(timeout=self._connect_timeout)
         )
         self._born[id(conn)] = asyncio.get_running_loop().time()
+        self._generations[id(conn)] = generation  # opened before an expire(): already old
         return conn
+
+    def _current(self, conn: asyncpg.Connection) -> bool:
+        return self._generations.get(id(conn)) == self._generation
+
+    def expire(self) -> None:
+        """Every connection open now is closed instead of reused: the idle ones at once, the
+        ones in use when they come back (asyncpg's `Pool.expire_connections()`)."""
+        self._generation += 1
+        self._discard_idle()
 
     def release(self, conn: asyncpg.Connection, *, reusable: bool) -> None:
         self.in_use -= 1
@@ -281,8 +319,9 @@ class Pool:
             # It broke under a request (the server restarted, or terminated it): its idle
             # siblings most likely did too, and would each fail a request before being noticed.
             self._born.pop(id(conn), None)
+            self._generations.pop(id(conn), None)
             self._discard_idle()
-        elif reusable and len(self._idle) < self._keep:
+        elif reusable and len(self._idle) < self._keep and self._current(conn):
             self._idle.append((conn, self._born.get(id(conn), 0.0)))
         else:
             self._discard(conn)
@@ -294,12 +333,14 @@ class Pool:
 
     def _discard(self, conn: asyncpg.Connection) -> None:
         self._born.pop(id(conn), None)
+        self._generations.pop(id(conn), None)
         conn.terminate()
 
     async def close(self) -> None:
         while self._idle:
             conn, _ = self._idle.pop()
             self._born.pop(id(conn), None)
+            self._generations.pop(id(conn), None)
             try:
                 await asyncio.wait_for(conn.close(), timeout=self._connect_timeout)
             except (OSError, TimeoutError, asyncpg.PostgresError, asyncpg.InterfaceError):
@@ -365,15 +406,26 @@ class Database:
             if transaction:
                 await raw.execute("COMMIT")
             reusable = True
-        except BROKEN_CONNECTION:
+        except BROKEN_CONNECTION as exc:
             raw.terminate()  # unusable, whatever state asyncpg thinks it is in
+            self._after_server_lost(exc)
             raise
-        except Exception:
+        except Exception as exc:
+            self._after_server_lost(exc)
             reusable = await self._rolled_back(raw)
             raise
         finally:
             cut.cancel()
             self.pool.release(raw, reusable=reusable)
+
+    def _after_server_lost(self, exc: BaseException) -> None:
+        """The server stopped being a writable primary (errors.server_lost): none of the pool's
+        connections to it is used again, and the next ones find the primary anew."""
+        if server_lost(exc):
+            self.pool.expire()
+            reason = _reason(exc)
+            DB_SERVER_LOST.labels(reason).inc()
+            logger.warning("database.server_lost", reason=reason, action="every pooled connection dropped")
 
     async def _rolled_back(self, raw: asyncpg.Connection) -> bool:
         """After an error: True when the connection is clean again (its transaction rolled back)."""
@@ -402,8 +454,13 @@ def create_database(settings: Settings, url: str, *, mode: ConnectionMode | None
         connect_timeout=timeout,
         mode=mode,
         pre_ping=settings.db_pool_pre_ping,
+        connect=connector(url),
     )
     return Database(pool, mode=mode, timeout=timeout)
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "sqlstate", None) or type(exc).__name__
 
 
 # What a database that is down, unreachable, refusing or failing raises through SQLAlchemy
@@ -420,8 +477,11 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 
 def describe_failure(exc: BaseException, url: str) -> str:
     """One line for an operator: where the database is and what went wrong, never the password."""
-    location = make_url(url)
-    host = location.host or location.query.get("host") or "localhost"
+    location = parse_database_url(url)
+    where = ",".join(location.hosts)
+    if not location.several:
+        single = make_url(url)
+        where = f"{single.host or single.query.get('host') or 'localhost'}:{single.port or 5432}"
     cause: BaseException = exc
     while type(cause).__module__.startswith("sqlalchemy"):  # its wrappers quote SQL and links
         nested = cause.orig if isinstance(cause, DBAPIError) else cause.__cause__
@@ -429,12 +489,12 @@ def describe_failure(exc: BaseException, url: str) -> str:
             break
         cause = nested
     message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-    password = location.password
+    password = location.url.password
     if password and password in message:
         # Masking a short password in place would spell it out letter by letter around the
         # stars ("***arameter"); a long one is masked, a short one costs the message.
         message = message.replace(password, "***") if len(password) >= 8 else "(detail withheld)"
-    return f"database at {host}:{location.port or 5432}: {type(cause).__name__}: {message}"
+    return f"database at {where}: {type(cause).__name__}: {message}"
 
 
 async def database_of(request: Request) -> Database:
