@@ -392,8 +392,12 @@ class Database:
     async def _bounded(self, *, transaction: bool) -> AsyncIterator[Connection]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadline
-        async with asyncio.timeout(self._timeout):
-            raw = await self.pool.acquire()
+        try:
+            async with asyncio.timeout(self._timeout):
+                raw = await self.pool.acquire()
+        except Exception as exc:  # no host would take a connection, or none is writable
+            self._after_server_lost(exc)
+            raise
         # Past the deadline the connection is cut, not cancelled: the statement in flight fails
         # at once as a disconnect (a 503), and the server rolls back the transaction of a
         # connection that went away. A cancel would wait on a server that stopped answering.

@@ -118,15 +118,22 @@ _RETRYABLE_SQLSTATES = {"55P03", "57014", "57P01", "57P02", "57P03", "53300", "4
 
 # After these, the server a connection is on is no longer a writable primary, or is going away:
 # 25006 (a standby, or a demoted primary behind a moved DNS name), 57P01-57P03 (shut down,
-# crashed, not accepting connections yet), class 08 and a broken socket.
+# crashed, not accepting connections yet), class 08, a broken socket, no writable host at all.
 _SERVER_LOST_SQLSTATES = {"25006", "57P01", "57P02", "57P03"}
 
 
 def server_lost(exc: BaseException) -> bool:
     """True when no pooled connection to this server should be used again: the pool drops them
-    all and its next connections look for the primary anew. A single statement or lock timeout,
-    or a connection this service cut itself, is not that."""
-    if isinstance(exc, OSError | asyncpg.PostgresConnectionError):
+    all and its next connections look for the primary anew. A statement or lock timeout is not
+    that; a connection closed under a statement is (the server went away, or hung past its own
+    statement_timeout until the request's deadline cut the connection)."""
+    if isinstance(
+        exc,
+        OSError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.ConnectionDoesNotExistError
+        | asyncpg.TargetServerAttributeNotMatched,  # no host is writable now
+    ):
         return True
     if isinstance(exc, asyncpg.PostgresError):
         sqlstate = exc.sqlstate or ""

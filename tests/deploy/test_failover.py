@@ -35,7 +35,7 @@ from tests.conftest import GATEWAY_HEADERS
 from tests.deploy.conftest import note, timed
 from tests.deploy.replication import ReplicatedPostgres, kill, pause
 from tests.helpers import auth_body, auth_headers
-from tests.processes import served, service_environment
+from tests.processes import free_port, serve, service_environment, wait_ready
 from tests.system import require_postgresql_server
 
 pytestmark = pytest.mark.slow
@@ -163,6 +163,7 @@ class Switch:
     crashed: float = 0.0
     promoted: float = 0.0
     recovered: dict[int, float] = field(default_factory=dict)
+    readyz: list[int] = field(default_factory=list)  # each process's /readyz before the promotion
 
 
 async def _fail_over(cluster: ReplicatedPostgres, urls: list[str], load: Load) -> Switch:
@@ -185,6 +186,8 @@ async def _fail_over(cluster: ReplicatedPostgres, urls: list[str], load: Load) -
         kill(walsender)  # dies without sending what it held back
         await stopping
         switch.crashed = time.monotonic()  # pg_ctl stop -m immediate waits until the server is gone
+        async with httpx.AsyncClient(timeout=30) as probe:  # no writable primary: not ready
+            switch.readyz = [(await probe.get(f"{url}/readyz")).status_code for url in urls]
         await asyncio.to_thread(cluster.standby.promote)
         switch.promoted = time.monotonic()
 
@@ -260,16 +263,34 @@ def _old_primary_rows(cluster: ReplicatedPostgres) -> int:
     )
 
 
-def _migrate(url: str) -> None:
+ROOT = Path(__file__).resolve().parents[2]  # where alembic.ini is
+
+
+def _command(url: str, *command: str) -> None:
+    """`partner-gateway migrate`/`purge`, or `alembic upgrade head`, on the multi-host URL."""
+    if command[0] == "alembic":
+        program = [str(Path(sys.executable).with_name("alembic")), *command[1:]]
+    else:
+        program = [sys.executable, "-m", "partner_gateway", *command]
     env = service_environment(url)
-    done = subprocess.run(
-        [sys.executable, "-m", "partner_gateway", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    done = subprocess.run(program, env=env, cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+def _start_services(urls: list[str]) -> list[tuple[subprocess.Popen[bytes], str]]:
+    """One `serve` per URL, started together (each takes seconds to start on a loaded machine)."""
+    services = []
+    for url in urls:
+        port = free_port()
+        services.append((serve(url, port, workers=1, **SETTINGS), f"http://127.0.0.1:{port}"))
+    try:
+        for proc, base in services:
+            wait_ready(base, proc)
+    except BaseException:
+        for proc, _ in services:
+            proc.kill()
+        raise
+    return services
 
 
 @pytest.fixture(scope="module")
@@ -284,13 +305,19 @@ async def test_failover_under_load(postgresql_bin: Path, synchronous: bool) -> N
         cluster = await asyncio.to_thread(ReplicatedPostgres.create, postgresql_bin, synchronous=synchronous)
     try:
         urls = [cluster.url(spelling="netloc"), cluster.url(spelling="query")]
-        with timed(f"failover ({mode}): migrate through the multi-host URL"):
-            await asyncio.to_thread(_migrate, urls[0])
-        with (
-            served(urls[0], workers=1, **SETTINGS) as first,
-            served(urls[1], workers=1, **SETTINGS) as second,
-        ):
-            await _check_failover(cluster, [first, second], mode=mode, synchronous=synchronous)
+        # Both ways to migrate, one per scenario, each on one spelling of the host list.
+        migrate = ("migrate",) if synchronous else ("alembic", "upgrade", "head")
+        with timed(f"failover ({mode}): {' '.join(migrate)} through the multi-host URL"):
+            await asyncio.to_thread(_command, urls[0] if synchronous else urls[1], *migrate)
+        with timed(f"failover ({mode}): two service processes ready"):
+            services = _start_services(urls)
+        try:
+            await _check_failover(cluster, [base for _, base in services], mode=mode, synchronous=synchronous)
+        finally:
+            for proc, _ in services:
+                proc.terminate()
+            for proc, _ in services:
+                proc.wait(timeout=30)
     finally:
         await asyncio.to_thread(cluster.destroy)
 
@@ -318,6 +345,11 @@ async def _check_failover(
         )
         assert moment - switch.promoted < RECOVERY_BOUND_SECONDS
     note(f"failover ({mode}): {len(during)} answers 503 during the switch, statuses {dict(statuses)}")
+    assert switch.readyz == [503, 503]
+    async with httpx.AsyncClient(timeout=30) as probe:
+        for url in services:
+            assert (await probe.get(f"{url}/readyz")).status_code == 200
+            assert "partner_gateway_db_server_lost_total{" in (await probe.get(f"{url}/metrics")).text
 
     with timed(f"failover ({mode}): old primary restarted as it was; new primary restarted under load"):
         await asyncio.to_thread(cluster.primary.start)
@@ -339,7 +371,9 @@ async def _check_failover(
     load.acked += burst.acked
     load.unexchanged += burst.unexchanged
     with timed(f"failover ({mode}): {len(load.acked)} acknowledged tokens checked on the new primary"):
-        losses = await _count_losses(services[0], load)
+        # Meanwhile `purge` (the same connect path) finds the new primary too.
+        purge = asyncio.to_thread(_command, cluster.url(), "purge")
+        losses, _ = await asyncio.gather(_count_losses(services[0], load), purge)
     note(
         f"failover ({mode}, standby {LAG_SECONDS} s behind at the crash): "
         f"lost {losses.tokens} session tokens, {losses.replays} replays, "
