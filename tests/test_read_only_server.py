@@ -7,10 +7,13 @@ from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
 
+import asyncpg
 import httpx
+import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
+from partner_gateway.errors import server_lost
 from tests.conftest import GATEWAY_HEADERS
 from tests.helpers import auth_body, auth_headers, launch
 
@@ -73,3 +76,38 @@ class TestServerTurnsReadOnly:
         assert (await client.post("/betlink/session", headers=SESSION)).status_code == 201
         assert (await client.get("/readyz")).status_code == 200
         assert not before & await _backends(engine), "a connection to the read-only server was used again"
+
+
+class TestWhatDropsThePool:
+    """errors.server_lost: the one decision any pool calls on an error (expire every connection?)."""
+
+    @pytest.mark.parametrize(
+        "error",
+        [
+            asyncpg.exceptions.ReadOnlySQLTransactionError("read-only"),  # 25006
+            asyncpg.exceptions.AdminShutdownError("terminating"),  # 57P01
+            asyncpg.exceptions.CrashShutdownError("crash"),  # 57P02
+            asyncpg.exceptions.CannotConnectNowError("starting up"),  # 57P03
+            asyncpg.exceptions.ConnectionFailureError("gone"),  # 08006
+            ConnectionRefusedError(111, "refused"),
+            asyncpg.ConnectionDoesNotExistError("closed in the middle of operation"),
+            asyncpg.TargetServerAttributeNotMatched("no host is writable"),
+        ],
+        ids=lambda error: type(error).__name__,
+    )
+    def test_a_server_that_is_gone_or_read_only(self, error: Exception) -> None:
+        assert server_lost(error)
+
+    @pytest.mark.parametrize(
+        "error",
+        [
+            TimeoutError(),  # a busy pool: an OSError too
+            asyncpg.exceptions.QueryCanceledError("statement timeout"),  # 57014
+            asyncpg.exceptions.LockNotAvailableError("lock timeout"),  # 55P03
+            asyncpg.exceptions.SerializationError("conflict"),  # 40001
+            asyncpg.exceptions.UniqueViolationError("duplicate"),
+        ],
+        ids=lambda error: type(error).__name__,
+    )
+    def test_not_a_wait_that_ran_out_or_a_conflict(self, error: Exception) -> None:
+        assert not server_lost(error)

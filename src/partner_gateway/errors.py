@@ -127,6 +127,8 @@ def server_lost(exc: BaseException) -> bool:
     all and its next connections look for the primary anew. A statement or lock timeout is not
     that; a connection closed under a statement is (the server went away, or hung past its own
     statement_timeout until the request's deadline cut the connection)."""
+    if isinstance(exc, TimeoutError):  # an OSError too, but a wait that ran out: a busy pool, a slow server
+        return False
     if isinstance(
         exc,
         OSError
