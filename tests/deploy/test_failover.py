@@ -27,6 +27,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import httpx
 import pytest
@@ -234,20 +235,28 @@ async def _count_losses(url: str, load: Load) -> Losses:
     for item in [*load.acked, *load.unexchanged]:
         queue.put_nowait(item)
 
+    async def post(client: httpx.AsyncClient, route: str, **request: Any) -> httpx.Response:
+        for _ in range(50):  # the service is back: a 503 here would be a reconnect, retried
+            answer = await client.post(route, **request)
+            if answer.status_code != 503:
+                return answer
+            await asyncio.sleep(0.1)
+        raise AssertionError(f"{route}: still 503 after the failover")
+
     async def check(client: httpx.AsyncClient) -> None:
         while not queue.empty():
             item = queue.get_nowait()
             if isinstance(item, Acked):
                 replay = {**item.body, "requestId": str(uuid.uuid4())}
-                answer = await client.post(AUTH, headers=auth_headers(item.key), json=replay)
+                answer = await post(client, AUTH, headers=auth_headers(item.key), json=replay)
                 losses.replays += answer.content != item.answer
                 introspect = {"operatorSessionToken": item.token}
-                answer = await client.post(INTROSPECT, headers=GATEWAY_HEADERS, json=introspect)
+                answer = await post(client, INTROSPECT, headers=GATEWAY_HEADERS, json=introspect)
                 losses.tokens += answer.json() == {"active": False}
             else:
                 assert isinstance(item, tuple)
                 key, body = item
-                answer = await client.post(AUTH, headers=auth_headers(key), json=body)
+                answer = await post(client, AUTH, headers=auth_headers(key), json=body)
                 losses.launches += answer.status_code == 401
 
     async with httpx.AsyncClient(base_url=url, timeout=30) as client:
