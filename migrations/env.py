@@ -12,8 +12,8 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from partner_gateway import models  # noqa: F401  (registers the tables)
-from partner_gateway.config import Settings
-from partner_gateway.db import Base, connection_mode
+from partner_gateway.config import DATABASE_URL_PREFIX, Settings
+from partner_gateway.db import Base, asyncpg_dsn, connection_mode, connector
 from partner_gateway.schema import ROW_PRIVILEGES, RUNTIME_PRIVILEGES
 
 config = context.config
@@ -99,7 +99,10 @@ def _mode() -> tuple[dict[str, Any], dict[str, str]]:
 
 
 async def _run(url: str) -> None:
-    engine = create_async_engine(url, connect_args=_mode()[0])
+    # Connections are opened as the request path opens them: the same DSN (several hosts,
+    # target_session_attrs, ssl) and, with several hosts, the same search for the primary.
+    connect, dsn, connect_args = connector(url), asyncpg_dsn(url), _mode()[0]
+    engine = create_async_engine(DATABASE_URL_PREFIX, async_creator=lambda: connect(dsn, **connect_args))
     try:
         async with engine.connect() as connection:
             await connection.run_sync(_migrate)

@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -60,6 +61,29 @@ def require_programs(programs: dict[str, str], *extra_packages: str) -> None:
             return
         missing = {programs[program] for program in still}
     reason = f"needs Debian packages {', '.join(sorted(missing))} (apt-get install them, or run as root)"
+    if os.environ.get("CI"):
+        pytest.fail(reason)
+    pytest.skip(reason)
+
+
+def require_postgresql_server() -> Path:
+    """The bin directory of Debian's newest PostgreSQL server (installed when missing, as above).
+
+    Debian keeps the server programs (initdb, pg_ctl, pg_basebackup) under
+    /usr/lib/postgresql/<version>/bin, off PATH.
+    """
+
+    def newest() -> Path | None:
+        found = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_ctl"), key=lambda p: int(p.parts[-3]))
+        return found[-1].parent if found else None
+
+    if (bin_dir := newest()) is not None:
+        return bin_dir
+    if os.geteuid() == 0 and shutil.which("apt-get") is not None:
+        _install(["postgresql"])
+        if (bin_dir := newest()) is not None:
+            return bin_dir
+    reason = "needs Debian's PostgreSQL server (apt-get install postgresql, or run as root)"
     if os.environ.get("CI"):
         pytest.fail(reason)
     pytest.skip(reason)

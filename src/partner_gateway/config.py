@@ -13,13 +13,14 @@ import json
 import os
 import re
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 
 LOCAL_SECRETS_FILE = "local-secrets.json"
@@ -29,10 +30,19 @@ LOCAL_REDIRECT_URL = "http://localhost:8000/"
 SecretList = Annotated[list[SecretStr], NoDecode]
 
 # Query parameters of DATABASE_URL that every way the service connects understands alike:
-# `host` (a unix socket directory) and `ssl` (one of asyncpg's SSL_MODES). Anything else would
-# start and then fail each request, so it stops start-up instead.
-DATABASE_URL_PARAMETERS = frozenset({"host", "ssl"})
+# `host` (a unix socket directory, or libpq's host list), `ssl` (one of asyncpg's SSL_MODES) and
+# `target_session_attrs`. Anything else would start and then fail each request, so it stops
+# start-up instead.
+DATABASE_URL_PARAMETERS = frozenset({"host", "ssl", "target_session_attrs"})
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+# The service writes on every request, so only a server that takes writes will do: `read-write`
+# (libpq's and asyncpg's check: not in recovery and not default_transaction_read_only) or
+# `primary` (not in recovery; a primary set read-only then answers 25006, which is a 503 too).
+# `standby`, `prefer-standby`, `read-only` and `any` could all land on a standby.
+WRITABLE_TARGETS = ("read-write", "primary")
+DATABASE_URL_PREFIX = "postgresql+asyncpg://"
+_MALFORMED_URL = "is not a valid URL (postgresql+asyncpg://user:password@host:port/db)"
+_MALFORMED_HOSTS = "has a malformed host list (host:port,host:port)"
 
 # An ISO 3166-1 alpha-2 code as BIDPAW_ALLOWED_COUNTRIES and X-User-Country take it: two ASCII
 # letters, any case (sent upper-case).
@@ -41,6 +51,101 @@ COUNTRY_CODE = re.compile(r"[A-Za-z]{2}")
 
 class ConfigError(Exception):
     """A setting is missing or malformed; the message names the variable and never its value."""
+
+
+@dataclass(frozen=True)
+class DatabaseLocation:
+    """DATABASE_URL taken apart: the hosts in the order given, and the rest as SQLAlchemy reads it.
+
+    Several hosts come in libpq's spellings: `@a:5432,b:5432/db` or `?host=a:5432,b:5432`
+    (SQLAlchemy's `?host=a:5432&host=b:5432` too). `url` has none of them, so SQLAlchemy can
+    parse it; `hosts` is `host:port`, a bare host, `[v6]:port` or a unix socket directory.
+    """
+
+    url: URL
+    hosts: tuple[str, ...]
+    target_session_attrs: str | None
+
+    @property
+    def several(self) -> bool:
+        return len(self.hosts) > 1
+
+
+def parse_database_url(value: str) -> DatabaseLocation:
+    """DATABASE_URL checked and taken apart; ValueError's message never repeats the URL."""
+    if not value.startswith(DATABASE_URL_PREFIX):
+        raise ValueError(f"must start with {DATABASE_URL_PREFIX}")
+    rest = value[len(DATABASE_URL_PREFIX) :]
+    netloc_end = min((i for i in (rest.find("/"), rest.find("?")) if i >= 0), default=len(rest))
+    userinfo, at, hostpart = rest[:netloc_end].rpartition("@")
+    netloc_hosts: list[str] = []
+    if "," in hostpart:  # libpq's `@a:5432,b:5432/`, which SQLAlchemy cannot parse
+        netloc_hosts = hostpart.split(",")
+        rest = f"{userinfo}{at}{rest[netloc_end:]}"
+    try:
+        url = make_url(DATABASE_URL_PREFIX + rest)
+        port = url.port  # parses the port: "host:abc" fails here, not at connect
+    except (ArgumentError, ValueError):
+        # SQLAlchemy's own message quotes the URL, password included: never repeat it.
+        raise ValueError(_MALFORMED_URL) from None
+    _check_query(url)
+    query_hosts = _query_hosts(url)
+    if netloc_hosts and (query_hosts or url.host):
+        raise ValueError("gives hosts twice: either @host:port,host:port/ or ?host=host:port,host:port")
+    if query_hosts and url.host and not all(host.startswith("/") for host in query_hosts):
+        raise ValueError("gives hosts twice: either @host:port,host:port/ or ?host=host:port,host:port")
+    for host in [*netloc_hosts, *query_hosts]:
+        _check_host(host)
+    if url.host is not None and not netloc_hosts and not query_hosts:
+        hosts: tuple[str, ...] = (url.host if port is None else f"{url.host}:{port}",)
+    else:
+        hosts = tuple(netloc_hosts or query_hosts)
+    if port is not None and not 0 < port < 65536:
+        raise ValueError("has a port outside 1-65535")
+    target = url.query.get("target_session_attrs")
+    if isinstance(target, tuple):
+        raise ValueError("gives target_session_attrs more than once")
+    if target is not None and target not in WRITABLE_TARGETS:
+        raise ValueError(
+            f"has target_session_attrs={target}, which may pick a standby; the service writes on "
+            "every request: use target_session_attrs=read-write"
+        )
+    if len(hosts) > 1 and target is None:
+        raise ValueError(
+            "names several hosts without target_session_attrs=read-write, which picks the writable one"
+        )
+    bare = url.difference_update_query(["host"]).set(host=None, port=None)
+    return DatabaseLocation(url=bare, hosts=hosts, target_session_attrs=target)
+
+
+def _check_query(url: URL) -> None:
+    unknown = sorted(set(url.query) - DATABASE_URL_PARAMETERS)
+    if unknown:
+        supported = ", ".join(sorted(DATABASE_URL_PARAMETERS))
+        names = ", ".join(unknown)
+        raise ValueError(f"has unsupported query parameters {names} (supported: {supported})")
+    if "ssl" in url.query and url.query["ssl"] not in SSL_MODES:
+        raise ValueError(f"has ssl= outside {', '.join(SSL_MODES)}")
+
+
+def _query_hosts(url: URL) -> list[str]:
+    given = url.query.get("host")
+    values = [given] if isinstance(given, str) else list(given or ())
+    return [host for value in values for host in value.split(",")]
+
+
+_HOST = re.compile(r"(?:\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.\-]+)(?::(\d{1,5}))?")
+
+
+def _check_host(host: str) -> None:
+    """One entry of a host list: `host`, `host:port`, `[v6]:port`, or a unix socket directory."""
+    if host.startswith("/"):
+        return
+    match = _HOST.fullmatch(host)
+    if match is None:
+        raise ValueError(_MALFORMED_HOSTS)
+    if match.group(1) is not None and not 0 < int(match.group(1)) < 65536:
+        raise ValueError("has a port outside 1-65535")
 
 
 def _split(value: Any) -> Any:
@@ -191,27 +296,8 @@ class Settings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _asyncpg_url(cls, value: str | None) -> str | None:
-        if value is None:
-            return None
-        if not value.startswith("postgresql+asyncpg://"):
-            raise ValueError("must start with postgresql+asyncpg://")
-        try:
-            url = make_url(value)
-            port = url.port  # parses the port: "host:abc" fails here, not at connect
-        except (ArgumentError, ValueError):
-            # SQLAlchemy's own message quotes the URL, password included: never repeat it.
-            raise ValueError("is not a valid URL (postgresql+asyncpg://user:password@host:port/db)") from None
-        if port is not None and not 0 < port < 65536:
-            raise ValueError("has a port outside 1-65535")
-        unknown = sorted(set(url.query) - DATABASE_URL_PARAMETERS)
-        if unknown:
-            supported = ", ".join(sorted(DATABASE_URL_PARAMETERS))
-            names = ", ".join(unknown)
-            raise ValueError(f"has unsupported query parameters {names} (supported: {supported})")
-        if "ssl" in url.query and url.query["ssl"] not in SSL_MODES:
-            raise ValueError(f"has ssl= outside {', '.join(SSL_MODES)}")
-        if isinstance(url.query.get("host"), tuple):
-            raise ValueError("names more than one host; give one host (or a PgBouncer) instead")
+        if value is not None:
+            parse_database_url(value)
         return value
 
     @field_validator("betlink_user_id_key")

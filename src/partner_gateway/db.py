@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import re
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from contextlib import (
     AbstractAsyncContextManager,
     AbstractContextManager,
@@ -33,7 +33,11 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase
 
-from partner_gateway.config import Settings
+from partner_gateway.config import Settings, parse_database_url
+from partner_gateway.errors import server_lost
+from partner_gateway.logs import get_logger
+from partner_gateway.metrics import DB_SERVER_LOST
+from partner_gateway.primary import Connect, PrimaryFinder
 
 NAMING_CONVENTION = {
     "ix": "ix_%(column_0_label)s",
@@ -52,6 +56,8 @@ MAX_CONNECTION_AGE_SECONDS = 1800.0
 # backends cost one request some waiting, not a 503 each.
 PING_TIMEOUT_SECONDS = 0.5
 APPLICATION_NAME = "partner-gateway"
+
+logger = get_logger(__name__)
 
 
 class Base(DeclarativeBase):
@@ -210,18 +216,34 @@ def connection_mode(settings: Settings) -> ConnectionMode:
     )
 
 
-def asyncpg_dsn(url: str) -> str:
+def asyncpg_dsn(url: str, *, host: str | None = None) -> str:
     """A plain postgresql:// DSN for asyncpg from the service's SQLAlchemy-style URL.
 
     `ssl=<mode>` (SQLAlchemy's spelling, which Alembic's engine passes to asyncpg as a keyword)
     becomes `sslmode=<mode>`: in a DSN asyncpg would send an unknown `ssl` to the server as a
-    setting, and the connection would be refused.
+    setting, and the connection would be refused. Several hosts become asyncpg's `?host=a:1,b:2`;
+    `host` picks one of them (the DSN for that host alone).
     """
-    parsed = make_url(url).set(drivername="postgresql")
+    location = parse_database_url(url)
+    if not location.several and host is None:
+        parsed = make_url(url).set(drivername="postgresql")
+    else:
+        hosts = ",".join(location.hosts) if host is None else host
+        parsed = location.url.set(drivername="postgresql").update_query_dict({"host": hosts})
     if "ssl" in parsed.query:
         mode = parsed.query["ssl"]
         parsed = parsed.difference_update_query(["ssl"]).update_query_dict({"sslmode": mode})
     return parsed.render_as_string(hide_password=False)
+
+
+def connector(url: str) -> Connect:
+    """How new connections are opened: `asyncpg.connect`, or with several hosts a fenced search
+    for the primary (partner_gateway.primary). Same signature either way: `connect(dsn, **args)`."""
+    location = parse_database_url(url)
+    if not location.several:
+        direct: Connect = asyncpg.connect
+        return direct
+    return PrimaryFinder({host: asyncpg_dsn(url, host=host) for host in location.hosts}).connect
 
 
 class Pool:
@@ -258,7 +280,7 @@ class Pool:
         pre_ping: bool = False,
         ping_timeout: float = 1.0,
         keep: int | None = None,
-        connect: Callable[..., Awaitable[asyncpg.Connection]] | None = None,
+        connect: Connect | None = None,
     ) -> None:
         self.size = size
         self._keep = size if keep is None else keep  # idle connections kept; the rest are overflow
@@ -337,11 +359,15 @@ class Pool:
         self._born.pop(id(conn), None)
         conn.terminate()
 
-    async def expire_connections(self) -> None:
+    def expire(self) -> None:
         """Replace every connection open now: the idle ones at once, busy ones at release."""
         self._generation += 1
         while self._idle:
             self.discard(self._idle.pop())
+
+    async def expire_connections(self) -> None:
+        """`expire()` under asyncpg's `Pool` name."""
+        self.expire()
 
     async def close(self, *, timeout: float) -> None:
         """Close the idle connections and refuse new checkouts; one in use is closed at release."""
@@ -426,8 +452,12 @@ class Database:
     async def _bounded(self, pool: Pool, *, transaction: bool) -> AsyncIterator[Connection]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadline
-        async with asyncio.timeout(self._timeout):
-            raw = await pool.acquire()
+        try:
+            async with asyncio.timeout(self._timeout):
+                raw = await pool.acquire()
+        except Exception as exc:  # no host would take a connection, or none is writable
+            self._after_server_lost(exc)
+            raise
         # Past the deadline the connection is cut, not cancelled: the statement in flight fails
         # at once as a disconnect (a 503), and the server rolls back the transaction of a
         # connection that went away. A cancel would wait on a server that stopped answering.
@@ -443,11 +473,22 @@ class Database:
                 await raw.execute("COMMIT")
             reusable = True
         except Exception as exc:
+            self._after_server_lost(exc)
             reusable = not connection_broken(exc) and await self._rolled_back(raw)
             raise
         finally:
             cut.cancel()
             pool.release(raw, reusable=reusable)
+
+    def _after_server_lost(self, exc: BaseException) -> None:
+        """The server stopped being a writable primary (errors.server_lost): none of the pool's
+        connections to it is used again, and the next ones find the primary anew."""
+        if server_lost(exc):
+            self.pool.expire()
+            self.reserve.expire()
+            reason = _reason(exc)
+            DB_SERVER_LOST.labels(reason).inc()
+            logger.warning("database.server_lost", reason=reason, action="every pooled connection dropped")
 
     async def _rolled_back(self, raw: asyncpg.Connection) -> bool:
         """After an error: True when the connection is clean again (its transaction rolled back)."""
@@ -480,12 +521,17 @@ def create_database(settings: Settings, url: str, *, mode: ConnectionMode | None
             keep=keep,
             pre_ping=settings.db_pool_pre_ping,
             ping_timeout=min(PING_TIMEOUT_SECONDS, timeout / 8),
+            connect=connector(url),
         )
 
     # DB_MAX_OVERFLOW connections are closed once returned. The readiness probe has one
     # connection of its own (opened at the first probe): one more per process for PostgreSQL.
     traffic = pool(settings.db_pool_size + settings.db_max_overflow, keep=settings.db_pool_size)
     return Database(traffic, mode=mode, timeout=timeout, reserve=pool(1, keep=1))
+
+
+def _reason(exc: BaseException) -> str:
+    return getattr(exc, "sqlstate", None) or type(exc).__name__
 
 
 # What a database that is down, unreachable, refusing or failing raises through SQLAlchemy
@@ -502,8 +548,11 @@ DATABASE_ERRORS: tuple[type[BaseException], ...] = (
 
 def describe_failure(exc: BaseException, url: str) -> str:
     """One line for an operator: where the database is and what went wrong, never the password."""
-    location = make_url(url)
-    host = location.host or location.query.get("host") or "localhost"
+    location = parse_database_url(url)
+    where = ",".join(location.hosts)
+    if not location.several:
+        single = make_url(url)
+        where = f"{single.host or single.query.get('host') or 'localhost'}:{single.port or 5432}"
     cause: BaseException = exc
     while type(cause).__module__.startswith("sqlalchemy"):  # its wrappers quote SQL and links
         nested = cause.orig if isinstance(cause, DBAPIError) else cause.__cause__
@@ -511,12 +560,12 @@ def describe_failure(exc: BaseException, url: str) -> str:
             break
         cause = nested
     message = str(cause).splitlines()[0] if str(cause) else type(cause).__name__
-    password = location.password
+    password = location.url.password
     if password and password in message:
         # Masking a short password in place would spell it out letter by letter around the
         # stars ("***arameter"); a long one is masked, a short one costs the message.
         message = message.replace(password, "***") if len(password) >= 8 else "(detail withheld)"
-    return f"database at {host}:{location.port or 5432}: {type(cause).__name__}: {message}"
+    return f"database at {where}: {type(cause).__name__}: {message}"
 
 
 async def database_of(request: Request) -> Database:

@@ -112,8 +112,35 @@ class BetLinkError(ServiceError):
 
 # SQLSTATEs that mean "the database could not answer now; retry" rather than "our bug": lock and
 # statement timeouts, shutdowns, too many connections, and the two conflicts a retry resolves,
-# serialization failure (40001) and deadlock (40P01). Class 08 (connection exceptions) too.
-_RETRYABLE_SQLSTATES = {"55P03", "57014", "57P01", "57P02", "57P03", "53300", "40001", "40P01"}
+# serialization failure (40001) and deadlock (40P01). Class 08 (connection exceptions) too, and
+# 25006 (read_only_sql_transaction): the server is a standby now, a failover is under way.
+_RETRYABLE_SQLSTATES = {"55P03", "57014", "57P01", "57P02", "57P03", "53300", "40001", "40P01", "25006"}
+
+# After these, the server a connection is on is no longer a writable primary, or is going away:
+# 25006 (a standby, or a demoted primary behind a moved DNS name), 57P01-57P03 (shut down,
+# crashed, not accepting connections yet), class 08, a broken socket, no writable host at all.
+_SERVER_LOST_SQLSTATES = {"25006", "57P01", "57P02", "57P03"}
+
+
+def server_lost(exc: BaseException) -> bool:
+    """True when no pooled connection to this server should be used again: the pool drops them
+    all and its next connections look for the primary anew. A statement or lock timeout is not
+    that; a connection closed under a statement is (the server went away, or hung past its own
+    statement_timeout until the request's deadline cut the connection)."""
+    if isinstance(exc, TimeoutError):  # an OSError too, but a wait that ran out: a busy pool, a slow server
+        return False
+    if isinstance(
+        exc,
+        OSError
+        | asyncpg.PostgresConnectionError
+        | asyncpg.ConnectionDoesNotExistError
+        | asyncpg.TargetServerAttributeNotMatched,  # no host is writable now
+    ):
+        return True
+    if isinstance(exc, asyncpg.PostgresError):
+        sqlstate = exc.sqlstate or ""
+        return sqlstate in _SERVER_LOST_SQLSTATES or sqlstate.startswith("08")
+    return False
 
 
 def is_database_unavailable(exc: BaseException) -> bool:

@@ -42,6 +42,12 @@ BIDPAW_LATENCY = Histogram(
     ["outcome"],
     buckets=LATENCY_BUCKETS,
 )
+DB_SERVER_LOST = Counter(
+    "partner_gateway_db_server_lost_total",
+    "Errors after which the pool dropped every connection (the server stopped being a writable "
+    "primary: read-only 25006, shut down 57P0x, connection lost), by SQLSTATE or error class.",
+    ["reason"],
+)
 BUILD = Info("partner_gateway_build", "Version of the running service.")
 BUILD.info({"version": "0.1.0", "python": platform.python_version()})
 

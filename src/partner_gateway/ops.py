@@ -22,6 +22,7 @@ from partner_gateway.schema import head_revision
 router = APIRouter(tags=["operations"])
 
 ISOLATION = "default_transaction_isolation"
+READ_ONLY = "transaction_read_only"
 
 
 class Health(BaseModel):
@@ -51,17 +52,22 @@ async def healthz() -> dict[str, str]:
 @router.get("/readyz", responses={200: {"model": Readiness}, **problem_responses(503)})
 @router.head("/readyz", include_in_schema=False)
 async def readyz(request: Request, db: DatabaseDep) -> JSONResponse:
-    """200 only when the database answers, its schema is at the newest migration and its sessions
-    are bounded (timeouts set, READ COMMITTED)."""
+    """200 only when the database answers and takes writes, its schema is at the newest migration
+    and its sessions are bounded (timeouts set, READ COMMITTED)."""
     try:
         head = head_revision()
         async with db.reserved() as conn:
             revision = await store.schema_revision(conn)
-            in_force = await store.session_settings(conn, [*TIMEOUTS, ISOLATION])
+            in_force = await store.session_settings(conn, [*TIMEOUTS, ISOLATION, READ_ONLY])
     except Exception as exc:
         if not is_database_unavailable(exc) and not _missing_schema(exc):
             raise
         return problem(503, "the database is not reachable or has no schema")
+    if in_force.get(READ_ONLY) == "on":
+        # A standby, or a primary being demoted behind a moved name: every write would fail.
+        db.pool.expire()
+        db.reserve.expire()
+        return problem(503, "the database is read-only (a standby, or set read-only): no writable primary")
     if revision != head:
         return problem(503, f"the schema is at {revision}, not at the newest migration {head}")
     if unbounded := _unbounded(in_force):
