@@ -1,4 +1,5 @@
-"""`partner-gateway serve | migrate | purge | bidpaw-sandbox`: the entry points of the contract.
+"""`partner-gateway serve | migrate | purge | reconcile | wallet-report | bidpaw-sandbox`: the entry
+points of the contract.
 
 Local mode (an embedded PostgreSQL and generated keys, for development) runs only when asked
 for with `--local`; without it and without DATABASE_URL, every command refuses to start.
@@ -23,7 +24,15 @@ from typing import Any
 from pydantic import SecretStr
 
 from partner_gateway.certify import command as certify
-from partner_gateway.config import LOCAL_SECRETS_FILE, ConfigError, Settings, load_settings, read_settings
+from partner_gateway.config import (
+    LOCAL_SECRETS_FILE,
+    LOCAL_WALLET_URL,
+    ConfigError,
+    Settings,
+    load_settings,
+    read_settings,
+    with_local_defaults,
+)
 from partner_gateway.logs import get_logger, setup_logging
 
 logger = get_logger("partner_gateway.cli")
@@ -262,6 +271,86 @@ def purge(settings: Settings, *, local: bool, batch: int, every: float | None) -
             asyncio.run(once(url))
 
 
+def _wallet_client(settings: Settings) -> Any:
+    from partner_gateway.app import _wallet
+
+    wallet = _wallet(settings)
+    if wallet is None:
+        raise ConfigError("WALLET_URL and WALLET_SECRET are required (the casino's wallet)")
+    return wallet
+
+
+def reconcile(settings: Settings, *, local: bool, every: float | None) -> None:
+    import asyncio
+
+    from partner_gateway.db import create_database, describe_failure
+    from partner_gateway.wallet.operations import log_tally, reconcile_every
+    from partner_gateway.wallet.transactions import reconcile as reconcile_once
+
+    deadline = settings.bidpaw_wallet_deadline_seconds
+
+    async def run(url: str) -> None:
+        database, wallet = create_database(settings, url), _wallet_client(settings)
+        stop = asyncio.Event()
+        try:
+            if every is None:
+                log_tally(await reconcile_once(database, wallet, deadline_seconds=deadline))
+                return
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            logger.info("reconcile.started", every_s=every)
+            await reconcile_every(
+                database,
+                wallet,
+                deadline_seconds=deadline,
+                every=every,
+                stop=stop,
+                on_failure=lambda exc: describe_failure(exc, url),
+            )
+            logger.info("reconcile.stopped")
+        finally:
+            await wallet.http.aclose()
+            await database.close()
+
+    if local and settings.wallet_url is None:
+        settings = settings.model_copy(update={"wallet_url": LOCAL_WALLET_URL})
+    _wallet_client(settings)  # a missing wallet setting is one line before anything starts
+    with database(settings, local=local) as bound:
+        url = bound.database_url
+        assert url is not None
+        with reported_failures(url):
+            asyncio.run(run(url))
+
+
+def wallet_report(settings: Settings, *, local: bool, start: str, end: str, format: str) -> None:
+    import asyncio
+
+    from partner_gateway.db import create_database
+    from partner_gateway.wallet.operations import parse_when
+    from partner_gateway.wallet.operations import wallet_report as render
+
+    try:
+        since, until = parse_when(start), parse_when(end)
+    except ValueError:
+        raise ConfigError(
+            "--from and --to must be ISO 8601 dates or times (UTC unless an offset is given)"
+        ) from None
+
+    async def run(url: str) -> str:
+        database = create_database(settings, url)
+        try:
+            return await render(database, start=since, end=until, format=format)
+        finally:
+            await database.close()
+
+    with database(settings, local=local) as bound:
+        url = bound.database_url
+        assert url is not None
+        with reported_failures(url):
+            sys.stdout.write(asyncio.run(run(url)))
+
+
 def bidpaw_sandbox(settings: Settings, *, host: str, port: int) -> None:
     from partner_gateway.bidpaw.sandbox import run_sandbox
 
@@ -308,6 +397,18 @@ def _parser() -> argparse.ArgumentParser:
     purge_cmd.add_argument(
         "--every", type=_positive, metavar="SECONDS", help="keep running, purging every SECONDS"
     )
+    reconcile_cmd = commands.add_parser(
+        "reconcile", help="settle BidPaw wallet transactions not final yet", parents=[local]
+    )
+    reconcile_cmd.add_argument(
+        "--every", type=_positive, metavar="SECONDS", help="keep running, reconciling every SECONDS"
+    )
+    report_cmd = commands.add_parser(
+        "wallet-report", help="BidPaw wallet transactions, for reconciling with BidPaw", parents=[local]
+    )
+    report_cmd.add_argument("--from", dest="start", required=True, help="ISO 8601 date or time (UTC)")
+    report_cmd.add_argument("--to", dest="end", required=True, help="ISO 8601 date or time, exclusive")
+    report_cmd.add_argument("--format", choices=("csv", "json"), default="csv")
     sandbox_cmd = commands.add_parser(
         "bidpaw-sandbox", help="serve a local stand-in for BidPaw's open-session API"
     )
@@ -338,6 +439,8 @@ def main(argv: list[str] | None = None) -> None:
                 _require_local_extra()  # before anything is generated or written
             service = args.command == "serve"
             settings, generated = load_settings(local=local, command=args.command, service=service)
+            if local and args.command == "reconcile":
+                settings = with_local_defaults(settings)[0]  # local mode's WALLET_SECRET
         setup_logging(settings)
         if args.command == "serve":
             serve(settings, generated, local=local, host=args.host, port=args.port, workers=args.workers)
@@ -345,6 +448,10 @@ def main(argv: list[str] | None = None) -> None:
             migrate(settings, local=local)
         elif args.command == "purge":
             purge(settings, local=local, batch=args.batch, every=args.every)
+        elif args.command == "reconcile":
+            reconcile(settings, local=local, every=args.every)
+        elif args.command == "wallet-report":
+            wallet_report(settings, local=local, start=args.start, end=args.end, format=args.format)
         elif args.command == "bidpaw-sandbox":
             bidpaw_sandbox(settings, host=args.host, port=args.port)
     except ConfigError as exc:
