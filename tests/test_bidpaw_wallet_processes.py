@@ -255,7 +255,8 @@ class TestShutdown:
         assert code == 0
         assert [response.json() for response in responses] == [answer(0)] * 10
         async with engine.connect() as conn:
-            states = (await conn.execute(text("SELECT DISTINCT state FROM wallet_transactions"))).scalars().all()
+            rows = await conn.execute(text("SELECT DISTINCT state FROM wallet_transactions"))
+            states = rows.scalars().all()
         assert states == ["final"]
         for values in batch:
             [debit] = await live.operations(values["transactionId"])

@@ -33,7 +33,8 @@ from partner_gateway.config import (
     read_settings,
     with_local_defaults,
 )
-from partner_gateway.logs import get_logger, setup_logging
+from partner_gateway.logs import get_logger, redactor, setup_logging
+from partner_gateway.wallet import sandbox as wallet_sandbox_command
 
 logger = get_logger("partner_gateway.cli")
 
@@ -365,6 +366,19 @@ def bidpaw_sandbox(settings: Settings, *, host: str, port: int) -> None:
     )
 
 
+def wallet_sandbox(args: argparse.Namespace) -> None:
+    keys = wallet_sandbox_command.secrets_from_environment()
+    redactor.register(keys)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    wallet_sandbox_command.run_sandbox(
+        host=args.host,
+        port=args.port,
+        secrets=keys,
+        starting_balance=args.starting_balance,
+        faults=wallet_sandbox_command.faults_from_arguments(args),
+    )
+
+
 def _positive(value: str) -> float:
     seconds = float(value)
     if not seconds > 0:
@@ -414,6 +428,9 @@ def _parser() -> argparse.ArgumentParser:
     )
     sandbox_cmd.add_argument("--host", default="127.0.0.1")
     sandbox_cmd.add_argument("--port", type=int, default=8100)
+    wallet_sandbox_command.add_arguments(
+        commands.add_parser("wallet-sandbox", help="serve a local stand-in for the casino's wallet")
+    )
     certify.add_arguments(
         commands.add_parser("certify", help="pre-certify a deployment as BetLink and BidPaw will")
     )
@@ -432,7 +449,7 @@ def main(argv: list[str] | None = None) -> None:
     local = getattr(args, "local", False)
     generated: dict[str, str] = {}
     try:
-        if args.command == "bidpaw-sandbox":
+        if args.command in ("bidpaw-sandbox", "wallet-sandbox"):
             settings = read_settings()
         else:
             if local:
@@ -454,6 +471,8 @@ def main(argv: list[str] | None = None) -> None:
             wallet_report(settings, local=local, start=args.start, end=args.end, format=args.format)
         elif args.command == "bidpaw-sandbox":
             bidpaw_sandbox(settings, host=args.host, port=args.port)
+        elif args.command == "wallet-sandbox":
+            wallet_sandbox(args)
     except ConfigError as exc:
         raise _fail("configuration error", str(exc)) from None
     except DatabaseFailure as exc:
