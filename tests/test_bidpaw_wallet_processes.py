@@ -187,9 +187,9 @@ class TestEveryCodeOverARealSocket:
             assert (await call(live.services[0], values)).json() == answer(8)
         await live.faults()
         await asyncio.to_thread(reconcile, live.env)
-        [debit] = await live.operations(values["transactionId"])
-        assert debit["state"] == "reversed"
-        assert debit["net"] == 0
+        operations = {op["kind"]: op for op in await live.operations(values["transactionId"])}
+        assert (operations["debit"]["state"], operations["debit"]["net"]) == ("reversed", 0)
+        assert operations["reverse"]["state"] == "applied"
 
     async def test_9_in_progress_when_the_first_cannot_finish_in_the_deadline(
         self, live: Deployment, engine: AsyncEngine

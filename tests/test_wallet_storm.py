@@ -264,7 +264,8 @@ async def test_invariant_storm(tmp_path: Path) -> None:
 
             book = await ledger(wallet_url)
             async with engine.connect() as conn:
-                not_final = "SELECT state, count(*) FROM wallet_transactions WHERE state <> 'final' GROUP BY 1"
+                not_final = "SELECT state, count(*) FROM wallet_transactions WHERE state <> 'final' "
+                not_final += "GROUP BY state"
                 open_rows = (await conn.execute(text(not_final))).all()
         finally:
             for service in services:
