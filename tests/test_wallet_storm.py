@@ -48,6 +48,7 @@ DEADLINE = 1.5
 WALLET_TIMEOUT = 1.0
 FINAL = {0, 1, 2, 7, 8}
 STORM_BUDGET_SECONDS = 150
+REFUSED_AFTER_ANSWER = "wallet.refused_after_answer"
 
 
 def log(line: str) -> None:
@@ -168,17 +169,15 @@ async def ledger(wallet_url: str) -> dict[str, Any]:
         return result
 
 
-def reconcile(env: dict[str, str]) -> dict[str, Any]:
-    """`partner-gateway reconcile` once; its `reconcile.done` log line."""
+def reconcile(env: dict[str, str]) -> list[dict[str, Any]]:
+    """`partner-gateway reconcile` once; its log lines."""
     command = [sys.executable, "-m", "partner_gateway", "reconcile"]
     done = subprocess.run(
         command, env={**env, "LOG_LEVEL": "INFO"}, capture_output=True, timeout=120, check=True
     )
-    for line in done.stdout.decode().splitlines():
-        if '"reconcile.done"' in line:
-            result: dict[str, Any] = json.loads(line)
-            return result
-    raise AssertionError(f"no reconcile.done line: {done.stdout!r} {done.stderr!r}")
+    lines = [json.loads(line) for line in done.stdout.decode().splitlines() if line.startswith("{")]
+    assert any(line["event"] == "reconcile.done" for line in lines), done
+    return lines
 
 
 async def test_invariant_storm(tmp_path: Path) -> None:
@@ -213,9 +212,10 @@ async def test_invariant_storm(tmp_path: Path) -> None:
         services = [Service(free_port(), env), Service(free_port(), env)]
         try:
             with timed("start: sandbox wallet and two services"):
-                wait_listening(f"{wallet_url}/_sandbox/faults", wallet)
-                for service in services:
-                    service.start()
+                await asyncio.gather(
+                    asyncio.to_thread(wait_listening, f"{wallet_url}/_sandbox/faults", wallet),
+                    *(asyncio.to_thread(service.start) for service in services),
+                )
             faults = {
                 "slow_seconds": WALLET_TIMEOUT + 0.3,
                 "slow_rate": 0.08,
@@ -225,16 +225,25 @@ async def test_invariant_storm(tmp_path: Path) -> None:
                 "refuse_rate": 0.03,
                 "seed": SEED,
             }
-            async with httpx.AsyncClient(timeout=10) as client:
-                assert (await client.put(f"{wallet_url}/_sandbox/faults", json=faults)).status_code == 200
+
+            async def set_faults(switches: dict[str, Any]) -> None:
+                async with httpx.AsyncClient(timeout=10) as admin:
+                    response = await admin.put(f"{wallet_url}/_sandbox/faults", json=switches)
+                    assert response.status_code == 200, response.text
+
+            await set_faults(faults)
             transactions = plan(rng)
             storm = Storm(services, rng)
             async with httpx.AsyncClient(timeout=DEADLINE + 5) as client:
 
                 async def havoc() -> None:
                     await asyncio.sleep(4)
+                    # Every call slow for a moment, so the kill finds debits applied and unanswered.
+                    await set_faults({**faults, "slow_rate": 1.0})
+                    await asyncio.sleep(WALLET_TIMEOUT * 0.6)
                     log("SIGKILL one service")
                     services[0].kill()
+                    await set_faults(faults)
                     await asyncio.sleep(1)
                     await asyncio.to_thread(services[0].start)
                     log("restarted; stopping the database")
@@ -256,16 +265,16 @@ async def test_invariant_storm(tmp_path: Path) -> None:
                     await admin.delete(f"{wallet_url}/_sandbox/faults")
                 await asyncio.sleep(DEADLINE + 5.5)  # recordings of the killed process are abandoned now
                 with timed("reconcile"):
-                    done = await asyncio.to_thread(reconcile, env)
+                    reconciled = await asyncio.to_thread(reconcile, env)
                 with timed("every transaction asked once more, as BidPaw retries"):
                     for transaction in transactions:
                         final = await send(client, services[1], transaction)
                         transaction.answers.append(final)
 
             book = await ledger(wallet_url)
+            await engine.dispose()  # its connections died with the database's restart
             async with engine.connect() as conn:
-                not_final = "SELECT state, count(*) FROM wallet_transactions WHERE state <> 'final' "
-                not_final += "GROUP BY state"
+                not_final = "SELECT transaction_id, state FROM wallet_transactions WHERE state <> 'final'"
                 open_rows = (await conn.execute(text(not_final))).all()
         finally:
             for service in services:
@@ -287,17 +296,33 @@ async def test_invariant_storm(tmp_path: Path) -> None:
     )
     log(f"answers during the storm: {dict(sorted(answers.items(), key=lambda kv: str(kv[0])))}")
     log(f"wallet ledger (kind, state): {dict(kinds)}")
-    log(f"reconcile: {({k: done[k] for k in ('answered', 'reversed', 'delivered', 'still_open', 'stuck')})}")
+    [done] = [line for line in reconciled if line["event"] == "reconcile.done"]
+    log(
+        f"reconcile: { ({k: done[k] for k in ('answered', 'reversed', 'delivered', 'still_open', 'stuck')}) }"
+    )
+    # A credit BidPaw was told is done, which the wallet then refused (its refusal decided, its
+    # answer lost): the contract leaves it for people, with an error line and a report row.
+    stuck = {transaction_id for transaction_id, state in open_rows if state == "stuck"}
+    flagged = {
+        line["transaction_id"] for line in reconciled if line["event"] == "wallet.refused_after_answer"
+    }
+    refused = {op["partnerTransactionId"] for op in book["operations"] if op["state"] == "refused"}
+    log(f"left for people (credits refused after 0): {len(stuck)}")
 
-    wrong = []
+    two_answers, wrong = [], []
     for transaction in transactions:
         finals = {code for code in transaction.answers if code in FINAL}
-        told_done = 0 in finals
-        expected = transaction.signed_amount if told_done else 0
+        if len(finals) != 1 or transaction.answers[-1] not in FINAL:
+            two_answers.append((transaction.values["transactionId"], transaction.answers))
+        expected = transaction.signed_amount if 0 in finals else 0
         tx = transaction.values["transactionId"]
-        if len(finals) != 1 or transaction.answers[-1] not in FINAL or net[tx] != expected:
+        if net[tx] != expected:
             wrong.append((tx, transaction.values["method"], transaction.answers, net[tx], expected))
+    assert two_answers == []
     log(f"ledger check: {len(transactions) - len(wrong)} of {len(transactions)} transactions exact")
-    assert wrong == []
-    assert open_rows == []
+    assert {tx for tx, *_ in wrong} == stuck
+    assert all(method == "credit" and answers[-1] == 0 for _, method, answers, *_ in wrong)
+    assert stuck == flagged
+    assert stuck <= refused
+    assert all(state == "stuck" for _, state in open_rows)
     log(f"storm test in {time.monotonic() - started:.1f} s")
