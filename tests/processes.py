@@ -44,7 +44,9 @@ def serve(database_url: str, port: int, *, workers: int = 1, **settings: str) ->
     return subprocess.Popen([sys.executable, "-m", "partner_gateway", *command], env=env)
 
 
-def bidpaw_sandbox(port: int, *, client_id: str, secret_key: str) -> subprocess.Popen[bytes]:
+def bidpaw_sandbox(
+    port: int, *, client_id: str, secret_key: str, restricted_countries: str = ""
+) -> subprocess.Popen[bytes]:
     """Start `partner-gateway bidpaw-sandbox` on `port`; `wait_listening` for it."""
     env = {
         **os.environ,
@@ -53,6 +55,8 @@ def bidpaw_sandbox(port: int, *, client_id: str, secret_key: str) -> subprocess.
         "LOG_LEVEL": "WARNING",
     }
     command = [sys.executable, "-m", "partner_gateway", "bidpaw-sandbox", "--port", str(port)]
+    if restricted_countries:
+        command += ["--restricted-countries", restricted_countries]
     return subprocess.Popen(command, env=env)
 
 

@@ -104,6 +104,29 @@ class TestHeaders:
                 "title": "Player id",
             }
 
+    def test_open_session_describes_todays_headers_and_query_with_examples(
+        self, spec: dict[str, Any]
+    ) -> None:
+        operation = spec["paths"]["/bidpaw/open-session"]["get"]
+        country = header(operation, "X-User-Country")
+        currency = header(operation, "X-User-Currency")
+        assert (country["required"], country["example"], country["schema"]["pattern"]) == (
+            False,
+            "DE",
+            "^[A-Za-z]{2}$",
+        )
+        assert (currency["required"], currency["example"]) == (False, "EUR")
+        assert len(currency["schema"]["enum"]) == 42
+        assert "USDT" in currency["schema"]["enum"]
+        query = {p["name"]: p for p in operation["parameters"] if p["in"] == "query"}
+        assert set(query) == {"nick", "lang"}
+        assert query["lang"]["schema"]["pattern"] == "^[A-Za-z-]{2,8}$"
+        assert query["lang"]["example"] == "de"
+        assert query["nick"]["schema"]["maxLength"] == 256
+        assert all(p.get("example") and p.get("description") for p in operation["parameters"])
+        names = [(p["in"], p["name"]) for p in operation["parameters"]]
+        assert len(names) == len(set(names))
+
     def test_idempotency_key_is_a_required_uuid(self, spec: dict[str, Any]) -> None:
         key = header(spec["paths"]["/betlink/authenticate"]["post"], "X-Idempotency-Key")
         assert key["required"] is True

@@ -318,7 +318,10 @@ class Bench:
         lines = []
         for i in range(1, 2001):
             params = open_session_params(
-                client_id=self.keys.bidpaw_client_id, user_id=f"player-{i}", nick=None
+                client_id=self.keys.bidpaw_client_id,
+                user_id=f"player-{i}",
+                nick=None,
+                game_id=servers.BIDPAW_GAME_ID,
             )
             sign = signing.sign(params=params, secret=self.keys.bidpaw_secret)
             lines.append(f"{OPEN_SESSION_PATH}?{encode_query(params)}\t{sign}")

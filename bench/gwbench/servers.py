@@ -31,6 +31,7 @@ _SERVICE_PREFIXES = (
     "LOG_",
     "MAX_BODY",
 )
+BIDPAW_GAME_ID = "bench-game"
 
 
 @dataclass(frozen=True)
@@ -77,6 +78,7 @@ def service_env(
             "BETLINK_LAUNCH_TOKEN_TTL_SECONDS": str(LAUNCH_TOKEN_TTL_SECONDS),
             "BIDPAW_CLIENT_ID": keys.bidpaw_client_id,
             "BIDPAW_SECRET_KEY": keys.bidpaw_secret,
+            "BIDPAW_GAME_ID": BIDPAW_GAME_ID,
         }
     )
     if sandbox_port is not None:

@@ -25,6 +25,7 @@ from pydantic import SecretStr
 
 from partner_gateway.certify import command as certify
 from partner_gateway.config import (
+    COUNTRY_CODE,
     LOCAL_SECRETS_FILE,
     LOCAL_WALLET_URL,
     ConfigError,
@@ -240,7 +241,9 @@ def purge(settings: Settings, *, local: bool, batch: int, every: float | None) -
             purged = await purge_expired(database, settings=settings, now=utc_now(), batch=batch)
         finally:
             await database.close()
-        logger.info("purge.done", keys=purged.keys, sessions=purged.sessions)
+        logger.info(
+            "purge.done", keys=purged.keys, sessions=purged.sessions, bidpaw_sessions=purged.bidpaw_sessions
+        )
 
     async def forever(url: str, every: float) -> None:
         stop = asyncio.Event()
@@ -352,7 +355,7 @@ def wallet_report(settings: Settings, *, local: bool, start: str, end: str, form
             sys.stdout.write(asyncio.run(run(url)))
 
 
-def bidpaw_sandbox(settings: Settings, *, host: str, port: int) -> None:
+def bidpaw_sandbox(settings: Settings, *, host: str, port: int, restricted_countries: list[str]) -> None:
     from partner_gateway.bidpaw.sandbox import run_sandbox
 
     if not settings.bidpaw_client_id or settings.bidpaw_secret_key is None:
@@ -363,6 +366,7 @@ def bidpaw_sandbox(settings: Settings, *, host: str, port: int) -> None:
         port=port,
         client_id=settings.bidpaw_client_id,
         secret_key=settings.bidpaw_secret_key.get_secret_value(),
+        restricted_countries=restricted_countries,
     )
 
 
@@ -384,6 +388,13 @@ def _positive(value: str) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError("must be a positive number of seconds")
     return seconds
+
+
+def _countries(value: str) -> list[str]:
+    codes = [code.strip() for code in value.split(",") if code.strip()]
+    if not all(COUNTRY_CODE.fullmatch(code) for code in codes):
+        raise argparse.ArgumentTypeError("must be comma-separated two-letter country codes, e.g. US,GB")
+    return [code.upper() for code in codes]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -428,6 +439,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     sandbox_cmd.add_argument("--host", default="127.0.0.1")
     sandbox_cmd.add_argument("--port", type=int, default=8100)
+    sandbox_cmd.add_argument(
+        "--restricted-countries",
+        type=_countries,
+        default=[],
+        metavar="CODES",
+        help="comma-separated ISO 3166-1 alpha-2 codes whose players get BidPaw's region-restriction page",
+    )
     wallet_sandbox_command.add_arguments(
         commands.add_parser("wallet-sandbox", help="serve a local stand-in for the casino's wallet")
     )
@@ -470,7 +488,9 @@ def main(argv: list[str] | None = None) -> None:
         elif args.command == "wallet-report":
             wallet_report(settings, local=local, start=args.start, end=args.end, format=args.format)
         elif args.command == "bidpaw-sandbox":
-            bidpaw_sandbox(settings, host=args.host, port=args.port)
+            bidpaw_sandbox(
+                settings, host=args.host, port=args.port, restricted_countries=args.restricted_countries
+            )
         elif args.command == "wallet-sandbox":
             wallet_sandbox(args)
     except ConfigError as exc:

@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -34,6 +35,10 @@ SecretList = Annotated[list[SecretStr], NoDecode]
 # start and then fail each request, so it stops start-up instead.
 DATABASE_URL_PARAMETERS = frozenset({"host", "ssl"})
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+# An ISO 3166-1 alpha-2 code as BIDPAW_ALLOWED_COUNTRIES and X-User-Country take it: two ASCII
+# letters, any case (sent upper-case).
+COUNTRY_CODE = re.compile(r"[A-Za-z]{2}")
 
 
 class ConfigError(Exception):
@@ -91,6 +96,7 @@ class Settings(BaseSettings):
     bidpaw_callback_signature: Literal["required", "off"] = "required"
     bidpaw_wallet_deadline_seconds: float = Field(3.0, gt=0)
     bidpaw_wallet_max_amount: int = Field(1_000_000, ge=1)
+    bidpaw_allowed_countries: Annotated[list[str], NoDecode] = Field(default_factory=list)
 
     wallet_url: str | None = None
     wallet_secret: SecretList = Field(default_factory=list)
@@ -116,6 +122,16 @@ class Settings(BaseSettings):
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split(value)
+
+    @field_validator("bidpaw_allowed_countries", mode="before")
+    @classmethod
+    def _country_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        codes = [part.strip() for part in value.split(",")] if value.strip() else []
+        if not all(COUNTRY_CODE.fullmatch(code) for code in codes):
+            raise ValueError("must be comma-separated ISO 3166-1 alpha-2 codes, e.g. US,GB")
+        return [code.upper() for code in codes]
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -174,7 +190,9 @@ class Settings(BaseSettings):
 
     @property
     def bidpaw_configured(self) -> bool:
-        return bool(self.bidpaw_api_url and self.bidpaw_client_id and self.bidpaw_secret_key)
+        return bool(
+            self.bidpaw_api_url and self.bidpaw_client_id and self.bidpaw_secret_key and self.bidpaw_game_id
+        )
 
     @property
     def wallet_configured(self) -> bool:

@@ -222,12 +222,30 @@ DELETE FROM user_sessions WHERE id IN (
 )
 
 
+# Race: a wallet callback moving last_used_at while purge runs. A row the callback holds is
+# skipped (SKIP LOCKED); a row purge locked first is re-checked on its newest version before it
+# is deleted, so a record used after the cutoff survives. Only a record past the cutoff when
+# purge locks it goes, and the callback then finds no session (90 days unused: as intended).
+_PURGE_BIDPAW_SESSIONS = Statement(
+    "purge_bidpaw_sessions",
+    """
+DELETE FROM bidpaw_sessions WHERE id IN (
+    SELECT id FROM bidpaw_sessions WHERE last_used_at < :before LIMIT :batch FOR UPDATE SKIP LOCKED
+)
+""",
+)
+
+
 async def purge_keys(conn: Connection, *, now: datetime, batch: int) -> int:
     return await conn.execute(_PURGE_KEYS, now=now, batch=batch)
 
 
 async def purge_sessions(conn: Connection, *, before: datetime, batch: int) -> int:
     return await conn.execute(_PURGE_SESSIONS, before=before, batch=batch)
+
+
+async def purge_bidpaw_sessions(conn: Connection, *, before: datetime, batch: int) -> int:
+    return await conn.execute(_PURGE_BIDPAW_SESSIONS, before=before, batch=batch)
 
 
 _SET_BLOCKED = Statement(
@@ -293,6 +311,33 @@ async def live_session(conn: Connection, *, token_hash: bytes, now: datetime) ->
     """The session holding this session token, if it is live (one unique-index lookup)."""
     row = await conn.fetchrow(_LIVE_SESSION, token_hash=token_hash, now=now)
     return None if row is None else LiveSession(user_id=row["user_id"], expires_at=row["session_expires_at"])
+
+
+# One short statement after BidPaw's 200 (no transaction held while BidPaw was asked). Every
+# open-session gets its own row, even for one player and one session value: the wallet
+# callbacks look records up by (user_id, session), and nothing here needs to be unique.
+_RECORD_BIDPAW_SESSION = Statement(
+    "record_bidpaw_session",
+    """
+INSERT INTO bidpaw_sessions (user_id, game_id, currency, session, created_at, last_used_at)
+VALUES (:user_id, :game_id, :currency, :session, :now, :now)
+""",
+)
+
+
+async def record_bidpaw_session(
+    conn: Connection,
+    *,
+    user_id: str,
+    game_id: str,
+    currency: str | None,
+    session: str | None,
+    now: datetime,
+) -> None:
+    """Record a lobby BidPaw opened: the player, gameId, the currency sent, the iframe URL's
+    `session` (never its `token`)."""
+    params = {"user_id": user_id, "game_id": game_id, "currency": currency, "session": session, "now": now}
+    await conn.execute(_RECORD_BIDPAW_SESSION, **params)
 
 
 # --- BidPaw's wallet transactions (the state machine is wallet/transactions.py) ----------------

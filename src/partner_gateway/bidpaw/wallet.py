@@ -26,6 +26,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, Field
 
+from partner_gateway.bidpaw.endpoints import CURRENCIES
 from partner_gateway.bidpaw.signing import JsonValue, Pairs, callback_signatures
 from partner_gateway.config import Settings
 from partner_gateway.db import Database
@@ -39,11 +40,6 @@ logger = get_logger("partner_gateway.bidpaw.wallet")
 
 router = APIRouter(prefix="/bidpaw", tags=["bidpaw"])
 
-# BidPaw's 42 currencies, spelled as BidPaw lists them.
-CURRENCIES = frozenset(
-    "USDT UYU VES ZAR PKR PLN PYG RUB SEK SVC THB TND TRY USD INR JPY KZT LKR MXN NGN NOK NZD PEN PHP "
-    "CNY COP CRC CZK DOP EUR GBP GEL HNL HUF AMD AUD AZN BDT BRL CAD CHF CLP".split()
-)
 PARAMETERS = ("method", "userId", "clientId", "gameId", "sessionId", "amount", "currency", "transactionId")
 MAX_SESSION_ID_CHARS = 256
 MAX_TRANSACTION_ID_CHARS = 128
