@@ -16,12 +16,15 @@ from partner_gateway.bidpaw import wallet as bidpaw_wallet
 from partner_gateway.bidpaw.client import BidPawClient
 from partner_gateway.config import Settings
 from partner_gateway.db import create_database
+from partner_gateway.logs import get_logger
 from partner_gateway.metrics import POOL
 from partner_gateway.middleware import RequestContextMiddleware
 from partner_gateway.openapi import install_openapi
 from partner_gateway.security import Sealer, UserIdCipher
 from partner_gateway.tracing import Tracing, setup_tracing
 from partner_gateway.wallet.client import WalletClient
+
+logger = get_logger(__name__)
 
 
 def _bidpaw_http(settings: Settings) -> httpx.AsyncClient:
@@ -66,6 +69,11 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI
         app.state.database = database
         app.state.bidpaw = BidPawClient(http, settings=settings) if settings.bidpaw_configured else None
         app.state.wallet = wallet = _wallet(settings)
+        if settings.bidpaw_callback_signature == "off":
+            logger.warning(
+                "BIDPAW_CALLBACK_SIGNATURE=off: BidPaw's wallet callbacks are accepted unsigned; "
+                "the proxy in front must allow only BidPaw's addresses on /bidpaw/wallet"
+            )
         if tracing is not None and wallet is not None:
             tracing.instrument_client(wallet.http)
         POOL.track(database.pool)

@@ -59,8 +59,8 @@ class WalletCallbackResponse(BaseModel):
         },
     )
 
-    error_code: int = Field(alias="errorCode", title="errorCode", ge=0, le=9)
-    error_description: str = Field(alias="errorDescription", title="errorDescription")
+    error_code: int = Field(alias="errorCode", title="Error code", ge=0, le=9)
+    error_description: str = Field(alias="errorDescription", title="Error description")
 
 
 class Refused(Exception):
@@ -216,14 +216,79 @@ async def _handle(request: Request, clock: Clock) -> tuple[Callback | None, Answ
     return callback, await process(database, wallet, callback, clock=clock), ""
 
 
-@router.api_route(
-    "/wallet",
-    methods=["GET", "POST"],
-    response_model=WalletCallbackResponse,
-    responses={
-        405: {"description": "a method other than GET or POST"},
-        413: {"description": "body too large"},
+_SIGN = {
+    "name": "sign",
+    "in": "header",
+    "required": False,
+    "description": "Lower-case hex HMAC-SHA256 of the parameter object as BidPaw's sample stringifies "
+    "it, keyed with BIDPAW_CALLBACK_SECRET. Required unless BIDPAW_CALLBACK_SIGNATURE=off; sent once.",
+    "schema": {"type": "string", "title": "Signature"},
+}
+_FIELDS: dict[str, dict[str, Any]] = {
+    "method": {"type": "string", "enum": ["charge", "credit"], "title": "Method"},
+    "userId": {"type": "string", "minLength": 1, "maxLength": 128, "title": "Player id"},
+    "clientId": {"type": "string", "title": "Casino id (BIDPAW_CLIENT_ID)"},
+    "gameId": {"type": "string", "title": "Game id (BIDPAW_GAME_ID)"},
+    "sessionId": {"type": "string", "minLength": 1, "maxLength": 256, "title": "BidPaw session id"},
+    "amount": {"type": "integer", "minimum": 1, "title": "Amount in cents"},
+    "currency": {"type": "string", "title": "Currency code"},
+    "transactionId": {"type": "string", "minLength": 1, "maxLength": 128, "title": "BidPaw transaction id"},
+}
+_EXAMPLE = {
+    "method": "charge",
+    "userId": "u1",
+    "clientId": "casino-1",
+    "gameId": "game-1",
+    "sessionId": "Zx81mQ",
+    "amount": 250,
+    "currency": "EUR",
+    "transactionId": "bp-7f3a9c",
+}
+_POST_EXTRA = {
+    "parameters": [_SIGN],
+    "requestBody": {
+        "required": True,
+        "content": {
+            "application/json": {
+                "schema": {
+                    "type": "object",
+                    "title": "Wallet callback",
+                    "required": list(PARAMETERS),
+                    "properties": _FIELDS,
+                },
+                "example": _EXAMPLE,
+            }
+        },
     },
+}
+_GET_EXTRA = {
+    "parameters": [
+        _SIGN,
+        *(
+            {"name": name, "in": "query", "required": True, "schema": {**field, "type": "string"}}
+            for name, field in _FIELDS.items()
+        ),
+    ]
+}
+_RESPONSES: dict[int | str, dict[str, Any]] = {
+    405: {"description": "a method other than GET or POST"},
+    413: {"description": "a body over MAX_BODY_BYTES"},
+}
+
+
+@router.get(
+    "/wallet",
+    response_model=WalletCallbackResponse,
+    operation_id="bidpaw_wallet_callback_get",
+    openapi_extra=_GET_EXTRA,
+    responses=_RESPONSES,
+)
+@router.post(
+    "/wallet",
+    response_model=WalletCallbackResponse,
+    operation_id="bidpaw_wallet_callback_post",
+    openapi_extra=_POST_EXTRA,
+    responses=_RESPONSES,
 )
 async def wallet_callback(request: Request) -> JSONResponse:
     """BidPaw's seamless-wallet callback (`CALLBACK_URL`): charge or credit a player, exactly once.
