@@ -7,6 +7,9 @@ processes; SIGTERM with callbacks in flight. Each test is bounded and prints its
 from __future__ import annotations
 
 import asyncio
+import json
+import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,6 +17,7 @@ import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -23,6 +27,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import GATEWAY_HEADERS
 from tests.processes import free_port, service_environment, wait_listening, wait_ready, wallet_sandbox
+from tests.system import require_programs
 from tests.wallet_helpers import (
     WALLET_SECRET,
     answer,
@@ -36,6 +41,7 @@ from tests.wallet_helpers import (
 
 pytestmark = pytest.mark.slow
 
+ROOT = Path(__file__).resolve().parent.parent
 DEADLINE = 2.0
 WALLET_TIMEOUT = 1.5
 
@@ -261,3 +267,75 @@ class TestShutdown:
         for values in batch:
             [debit] = await live.operations(values["transactionId"])
             assert debit["state"] == "applied"
+
+
+class TestReadmeTryIt:
+    def test_local_mode_charge_replay_and_balance_answer_as_the_readme_shows(self, tmp_path: Path) -> None:
+        """`serve --local` (its built-in sandbox wallet) and `bidpaw-sandbox` playing BidPaw, as
+        the README starts them; the README's wallet block run as written (ports swapped)."""
+        require_programs({"curl": "curl"})
+        readme = (ROOT / "README.md").read_text()
+        try_it = readme[readme.index("### Try it") : readme.index("<!-- first-hour: end -->")]
+        block = next(b for b in re.findall(r"```sh\n(.*?)```", try_it, re.DOTALL) if "wallet-callback" in b)
+        port, sandbox_port = free_port(), free_port()
+        while port + 1 == sandbox_port:
+            sandbox_port = free_port()
+        bidpaw = {"BIDPAW_CLIENT_ID": "casino-1", "BIDPAW_SECRET_KEY": "sandbox-secret"}
+        env = {**os.environ, "DATA_DIR": str(tmp_path / ".data"), "LOG_LEVEL": "WARNING", **bidpaw}
+        for name in (
+            "DATABASE_URL",
+            "WALLET_URL",
+            "WALLET_SECRET",
+            "BIDPAW_CALLBACK_SECRET",
+            "GATEWAY_API_KEYS",
+        ):
+            env.pop(name, None)
+        callback = f"http://127.0.0.1:{port}/bidpaw/wallet"
+        sandbox_cmd = ["bidpaw-sandbox", "--port", str(sandbox_port), "--callback-url", callback]
+        serve_env = {**env, "BIDPAW_API_URL": f"http://127.0.0.1:{sandbox_port}", "BIDPAW_GAME_ID": "game-1"}
+        serve_cmd = ["serve", "--local", "--port", str(port)]
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "partner_gateway", *sandbox_cmd], env=env, cwd=tmp_path),
+            subprocess.Popen(
+                [sys.executable, "-m", "partner_gateway", *serve_cmd], env=serve_env, cwd=tmp_path
+            ),
+        ]
+        try:
+            with timed("serve --local and bidpaw-sandbox ready"):
+                wait_listening(f"http://127.0.0.1:{sandbox_port}", procs[0])
+                wait_ready(f"http://127.0.0.1:{port}", procs[1], timeout=120)
+            keys = json.loads((tmp_path / ".data" / "local-secrets.json").read_text())
+            opened = httpx.get(
+                f"http://127.0.0.1:{port}/bidpaw/open-session",
+                headers={
+                    "Authorization": f"Bearer {keys['GATEWAY_API_KEYS']}",
+                    "X-User-Id": "u1",
+                    "X-User-Currency": "EUR",
+                },
+            )
+            assert opened.status_code == 200, opened.text
+            script = (
+                block.replace("localhost:8001", f"127.0.0.1:{port + 1}")
+                .replace("localhost:8100", f"127.0.0.1:{sandbox_port}")
+                .replace("localhost:8000", f"127.0.0.1:{port}")
+            )
+            with timed("the README's wallet block"):
+                done = subprocess.run(
+                    ["bash", "-euo", "pipefail", "-c", script], capture_output=True, text=True, timeout=60
+                )
+        finally:
+            for proc in procs:
+                proc.terminate()
+            for proc in procs:
+                proc.wait(timeout=30)
+        assert done.returncode == 0, done.stderr
+        got = [json.loads(line) for line in done.stdout.splitlines()]
+        shown = [line[2:] for line in block.splitlines() if line.startswith("# {")]
+        assert len(got) == len(shown) == 4
+        assert got[0] == json.loads(shown[0])
+        assert got[3] == json.loads(shown[3])
+        for charge in got[1:3]:
+            assert charge["answer"] == {"errorCode": 0, "errorDescription": ""}
+            assert charge["status"] == 200
+            assert (charge["sent"]["userId"], charge["sent"]["currency"]) == ("u1", "EUR")
+        assert got[1]["sent"] == got[2]["sent"]

@@ -27,6 +27,7 @@ from partner_gateway.certify import command as certify
 from partner_gateway.config import (
     COUNTRY_CODE,
     LOCAL_SECRETS_FILE,
+    LOCAL_WALLET_PORT_OFFSET,
     LOCAL_WALLET_URL,
     ConfigError,
     Settings,
@@ -160,7 +161,10 @@ def serve(
     require_free_port(host, port)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     options = uvicorn_options(settings)
-    with database(settings, local=local) as bound:
+    with (
+        database(settings, local=local) as migrated,
+        _local_wallet(migrated, local=local, port=port) as bound,
+    ):
         secrets_file = settings.data_dir.resolve() / LOCAL_SECRETS_FILE
         _announce(generated, secrets_file=secrets_file, host=host, port=port)
         if workers == 1:
@@ -178,6 +182,48 @@ def serve(
                 workers=workers,
                 **options,
             )
+
+
+LOCAL_WALLET_STARTING_BALANCE = 100_000
+
+
+@contextmanager
+def _local_wallet(settings: Settings, *, local: bool, port: int) -> Iterator[Settings]:
+    """Local mode without WALLET_URL: the sandbox wallet, in a thread, on the port after serve's,
+    so BidPaw's wallet callbacks move (play) money right after the quickstart."""
+    if not local or settings.wallet_url is not None:
+        yield settings
+        return
+    import threading
+    import time
+
+    import uvicorn
+
+    from partner_gateway.wallet.sandbox import create_app as wallet_app
+
+    wallet_port = port + LOCAL_WALLET_PORT_OFFSET
+    require_free_port("127.0.0.1", wallet_port)
+    keys = [key.get_secret_value() for key in settings.wallet_secret]
+    app = wallet_app(secrets=keys, starting_balance=LOCAL_WALLET_STARTING_BALANCE)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=wallet_port, log_config=None, access_log=False, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="local-wallet-sandbox", daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{wallet_port}"
+    logger.warning(
+        "local mode: BidPaw's wallet callbacks move money in a sandbox wallet",
+        wallet_url=url,
+        starting_balance=LOCAL_WALLET_STARTING_BALANCE,
+    )
+    try:
+        yield settings.model_copy(update={"wallet_url": url})
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
 
 
 @contextmanager
@@ -206,7 +252,17 @@ def _as_environment(settings: Settings) -> dict[str, str]:
         "DATA_ENCRYPTION_KEY": _joined(settings.data_encryption_key),
         "BETLINK_OPERATOR_ID": settings.betlink_operator_id,
         "BETLINK_REDIRECT_URL": settings.betlink_redirect_url,
+        **_wallet_environment(settings),
     }
+
+
+def _wallet_environment(settings: Settings) -> dict[str, str]:
+    values = {
+        "BIDPAW_CALLBACK_SECRET": _joined(settings.bidpaw_callback_secret),
+        "WALLET_SECRET": _joined(settings.wallet_secret),
+        "WALLET_URL": settings.wallet_url or "",
+    }
+    return {name: value for name, value in values.items() if value}
 
 
 def _joined(keys: list[SecretStr]) -> str:
@@ -355,8 +411,11 @@ def wallet_report(settings: Settings, *, local: bool, start: str, end: str, form
             sys.stdout.write(asyncio.run(run(url)))
 
 
-def bidpaw_sandbox(settings: Settings, *, host: str, port: int, restricted_countries: list[str]) -> None:
+def bidpaw_sandbox(
+    settings: Settings, *, host: str, port: int, restricted_countries: list[str], callback_url: str
+) -> None:
     from partner_gateway.bidpaw.sandbox import run_sandbox
+    from partner_gateway.bidpaw.sandbox_callbacks import CallbackTarget
 
     if not settings.bidpaw_client_id or settings.bidpaw_secret_key is None:
         raise ConfigError("BIDPAW_CLIENT_ID and BIDPAW_SECRET_KEY are required")
@@ -367,6 +426,15 @@ def bidpaw_sandbox(settings: Settings, *, host: str, port: int, restricted_count
         client_id=settings.bidpaw_client_id,
         secret_key=settings.bidpaw_secret_key.get_secret_value(),
         restricted_countries=restricted_countries,
+        # BidPaw's wallet side: callbacks signed with the newest BIDPAW_CALLBACK_SECRET, else with
+        # the one local mode generated under DATA_DIR (a `serve --local` in the same directory)
+        callbacks=CallbackTarget(
+            url=callback_url,
+            secret=settings.bidpaw_callback_secret[0].get_secret_value()
+            if settings.bidpaw_callback_secret
+            else None,
+            local_secrets=settings.data_dir.resolve() / LOCAL_SECRETS_FILE,
+        ),
     )
 
 
@@ -446,6 +514,11 @@ def _parser() -> argparse.ArgumentParser:
         metavar="CODES",
         help="comma-separated ISO 3166-1 alpha-2 codes whose players get BidPaw's region-restriction page",
     )
+    sandbox_cmd.add_argument(
+        "--callback-url",
+        default="http://127.0.0.1:8000/bidpaw/wallet",
+        help="our CALLBACK_URL, where POST /_sandbox/wallet-callback sends BidPaw's signed callbacks",
+    )
     wallet_sandbox_command.add_arguments(
         commands.add_parser("wallet-sandbox", help="serve a local stand-in for the casino's wallet")
     )
@@ -489,7 +562,11 @@ def main(argv: list[str] | None = None) -> None:
             wallet_report(settings, local=local, start=args.start, end=args.end, format=args.format)
         elif args.command == "bidpaw-sandbox":
             bidpaw_sandbox(
-                settings, host=args.host, port=args.port, restricted_countries=args.restricted_countries
+                settings,
+                host=args.host,
+                port=args.port,
+                restricted_countries=args.restricted_countries,
+                callback_url=args.callback_url,
             )
         elif args.command == "wallet-sandbox":
             wallet_sandbox(args)
