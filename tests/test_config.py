@@ -31,7 +31,8 @@ BIDPAW_TODAY = ("BIDPAW_CLIENT_ID", "BIDPAW_SECRET_KEY", "BIDPAW_GAME_ID", "BIDP
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
     monkeypatch.chdir(tmp_path)  # no .env of the developer's
-    for name in [*REQUIRED, "DATA_DIR", "BETLINK_USER_ID_KEY", "BIDPAW_API_URL", *BIDPAW_TODAY]:
+    wallet = ["BIDPAW_CALLBACK_SECRET", "WALLET_SECRET", "WALLET_URL"]
+    for name in [*REQUIRED, "DATA_DIR", "BETLINK_USER_ID_KEY", "BIDPAW_API_URL", *BIDPAW_TODAY, *wallet]:
         monkeypatch.delenv(name, raising=False)
     for name, value in REQUIRED.items():
         monkeypatch.setenv(name, value)
@@ -251,7 +252,13 @@ class TestLocalMode:
         env.setenv("DATA_DIR", str(tmp_path / "data"))
         first, generated = load_settings(local=True)
         second, again = load_settings(local=True)
-        assert set(generated) == {"GATEWAY_API_KEYS", "BETLINK_API_KEYS", "DATA_ENCRYPTION_KEY"}
+        assert set(generated) == {
+            "GATEWAY_API_KEYS",
+            "BETLINK_API_KEYS",
+            "DATA_ENCRYPTION_KEY",
+            "BIDPAW_CALLBACK_SECRET",
+            "WALLET_SECRET",
+        }
         assert again == generated
         assert first.gateway_api_keys == second.gateway_api_keys
         assert first.betlink_operator_id == "local-operator"
@@ -264,8 +271,11 @@ class TestLocalMode:
     ) -> None:
         env.delenv("DATABASE_URL")
         env.setenv("DATA_DIR", str(tmp_path / "data"))
+        env.setenv("BIDPAW_CALLBACK_SECRET", "cb-operator")
+        env.setenv("WALLET_SECRET", "ws-operator")
         settings, generated = load_settings(local=True)
         assert generated == {}
+        assert settings.wallet_secret[0].get_secret_value() == "ws-operator"
         assert settings.betlink_operator_id == "op"
 
 

@@ -23,6 +23,7 @@ GATEWAY_OPERATIONS = {
 }
 BETLINK_OPERATIONS = {("post", "/betlink/authenticate")}
 OPEN_OPERATIONS = {("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics")}
+BIDPAW_OPERATIONS = {("get", "/bidpaw/wallet"), ("post", "/bidpaw/wallet")}  # signed with `sign`
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ class TestValidity:
 
     def test_describes_every_operation_of_the_contract(self, spec: dict[str, Any]) -> None:
         described = {(method, path) for method, path, _ in operations(spec)}
-        assert described == GATEWAY_OPERATIONS | BETLINK_OPERATIONS | OPEN_OPERATIONS
+        assert described == GATEWAY_OPERATIONS | BETLINK_OPERATIONS | OPEN_OPERATIONS | BIDPAW_OPERATIONS
 
 
 class TestSecurity:

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Protocol
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, Info, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -47,6 +47,44 @@ DB_SERVER_LOST = Counter(
     "Errors after which the pool dropped every connection (the server stopped being a writable "
     "primary: read-only 25006, shut down 57P0x, connection lost), by SQLSTATE or error class.",
     ["reason"],
+)
+BIDPAW_CALLBACKS = Counter(
+    "partner_gateway_bidpaw_wallet_callbacks",
+    "BidPaw wallet callbacks answered, by method (charge, credit, or invalid) and errorCode.",
+    ["method", "error_code"],
+)
+BIDPAW_CALLBACK_LATENCY = Histogram(
+    "partner_gateway_bidpaw_wallet_callback_seconds",
+    "Time to answer a BidPaw wallet callback, the casino wallet's included, by method.",
+    ["method"],
+    buckets=LATENCY_BUCKETS,
+)
+WALLET_CALLS = Counter(
+    "partner_gateway_wallet_calls",
+    "Calls to the casino's wallet by operation (debit, credit, reverse) and outcome "
+    "(applied, insufficient_funds, refused, unknown).",
+    ["operation", "outcome"],
+)
+WALLET_STUCK = Counter(
+    "partner_gateway_wallet_refused_after_answer",
+    "Transactions the wallet refused after BidPaw was told otherwise: left for people.",
+    ["method"],
+)
+# Read from the database at each scrape (ops.py): the same in every process.
+WALLET_OPEN = Gauge(
+    "partner_gateway_wallet_open_transactions",
+    "BidPaw wallet transactions not final yet (being answered, to reverse, to deliver).",
+    multiprocess_mode="mostrecent",
+)
+WALLET_OLDEST_OPEN_AGE = Gauge(
+    "partner_gateway_wallet_oldest_open_seconds",
+    "Age of the oldest BidPaw wallet transaction not final yet (0 when none).",
+    multiprocess_mode="mostrecent",
+)
+WALLET_STUCK_OPEN = Gauge(
+    "partner_gateway_wallet_stuck_transactions",
+    "Transactions the wallet refused after BidPaw was told they were done: for people.",
+    multiprocess_mode="mostrecent",
 )
 BUILD = Info("partner_gateway_build", "Version of the running service.")
 BUILD.info({"version": "0.1.0", "python": platform.python_version()})

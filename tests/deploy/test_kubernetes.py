@@ -18,7 +18,15 @@ MANIFESTS = ROOT / "deploy" / "kubernetes"
 # the library ships.
 VERSIONS = ["1.32.0", kubernetes_validate.latest_version()]
 DRAIN_SECONDS = UVICORN_OPTIONS["timeout_graceful_shutdown"]
-SECRET_NAMES = ("DATABASE_URL", "API_KEYS", "ENCRYPTION_KEY", "USER_ID_KEY", "SECRET_KEY", "PASSWORD")
+SECRET_NAMES = (
+    "DATABASE_URL",
+    "API_KEYS",
+    "ENCRYPTION_KEY",
+    "USER_ID_KEY",
+    "SECRET_KEY",
+    "PASSWORD",
+    "_SECRET",
+)
 
 
 def _resources() -> list[dict[str, Any]]:
@@ -163,6 +171,8 @@ class TestEveryPod:
         purge = _named("Deployment", "partner-gateway-purge")["spec"]["template"]["spec"]
         assert purge["containers"][0]["command"][:3] == ["partner-gateway", "purge", "--every"]
         assert purge["volumes"][0]["secret"]["items"] == [{"key": "DATABASE_URL", "path": "DATABASE_URL"}]
+        reconcile = _named("Deployment", "partner-gateway-reconcile")["spec"]["template"]["spec"]
+        assert reconcile["containers"][0]["command"][:3] == ["partner-gateway", "reconcile", "--every"]
 
     def test_migrate_sees_the_services_pooler_and_timeout(self) -> None:
         config = _named("ConfigMap", "partner-gateway")["data"]

@@ -37,6 +37,7 @@ from starlette.routing import Route
 
 from partner_gateway.bidpaw import signing
 from partner_gateway.bidpaw.client import OPEN_SESSION_PATH
+from partner_gateway.bidpaw.sandbox_callbacks import CallbackTarget, callback_routes
 from partner_gateway.logs import get_logger
 
 IFRAME_BASE_URL = "https://sandbox.bidpaw.invalid"
@@ -123,7 +124,11 @@ def _iframe_url(client_id: str, *, lang: str | None, restricted: bool) -> tuple[
 
 
 def create_sandbox_app(
-    *, client_id: str, secret_key: str, restricted_countries: Iterable[str] = ()
+    *,
+    client_id: str,
+    secret_key: str,
+    restricted_countries: Iterable[str] = (),
+    callbacks: CallbackTarget | None = None,
 ) -> Starlette:
     """BidPaw's `GET /api/casino/open-session/`, verifying `sign` with `secret_key`; a `country` in
     `restricted_countries` (any case) gets the region-restriction page."""
@@ -155,14 +160,23 @@ def create_sandbox_app(
         opened.append(OpenedSession(values["userId"], values["gameId"], currency, session, url))
         return JSONResponse({"iframeURL": url})
 
-    app = Starlette(routes=[Route(OPEN_SESSION_PATH, open_session, methods=["GET"])])
+    routes = [Route(OPEN_SESSION_PATH, open_session, methods=["GET"])]
+    if callbacks is not None:  # BidPaw's wallet side (sandbox_callbacks.py)
+        routes += callback_routes(opened, client_id=client_id, target=callbacks)
+    app = Starlette(routes=routes)
     app.state.received = received
     app.state.opened = opened
     return app
 
 
 def run_sandbox(
-    *, host: str, port: int, client_id: str, secret_key: str, restricted_countries: Iterable[str] = ()
+    *,
+    host: str,
+    port: int,
+    client_id: str,
+    secret_key: str,
+    restricted_countries: Iterable[str] = (),
+    callbacks: CallbackTarget | None = None,
 ) -> None:
     """Serve the sandbox until interrupted (`partner-gateway bidpaw-sandbox`)."""
     import uvicorn
@@ -175,7 +189,9 @@ def run_sandbox(
         restricted_countries=restricted,
     )
     uvicorn.run(
-        create_sandbox_app(client_id=client_id, secret_key=secret_key, restricted_countries=restricted),
+        create_sandbox_app(
+            client_id=client_id, secret_key=secret_key, restricted_countries=restricted, callbacks=callbacks
+        ),
         host=host,
         port=port,
         log_config=None,
