@@ -30,6 +30,10 @@ class Failed(Exception):
         self.actual = actual
 
 
+class Skipped(Exception):
+    """A check that needs something the run was not given; the reason says what."""
+
+
 class Secrets:
     """Every key and token met during a run, so that nothing printed shows one."""
 
@@ -51,6 +55,17 @@ class Secrets:
 
 
 @dataclass(frozen=True)
+class BidpawWallet:
+    """What `--bidpaw-wallet` needs to play BidPaw's wallet callbacks (certify/wallet_checks.py)."""
+
+    callback_secret: str  # one of the deployment's BIDPAW_CALLBACK_SECRET
+    client_id: str  # its BIDPAW_CLIENT_ID
+    game_id: str  # its BIDPAW_GAME_ID
+    currency: str = "EUR"  # the test player's wallet currency, sent as X-User-Currency
+    sandbox_url: str | None = None  # the sandbox wallet's admin API, for codes 1 and 7 and the ledger
+
+
+@dataclass(frozen=True)
 class Options:
     """What a run needs besides the URL and the keys."""
 
@@ -60,6 +75,7 @@ class Options:
     parallel_keys: int = 5
     bidpaw: bool = False
     bidpaw_iframe_prefix: str | None = None
+    bidpaw_wallet: BidpawWallet | None = None
 
 
 @dataclass(frozen=True)

@@ -21,21 +21,28 @@ def _stats(result: Result) -> str:
     return f"  ({s['requests']:.0f} parallel: p50 {s['p50_ms']:.1f} ms, p99 {s['p99_ms']:.1f} ms)"
 
 
+def status(result: Result) -> str:
+    return "SKIP" if result.skipped else "PASS" if result.passed else "FAIL"
+
+
 def table(run: Run) -> str:
     width = max(len(result.check.id) for result in run.results)
     lines = [f"partner-gateway certify {run.url}  player {run.player}", ""]
     for result in run.results:
-        status = "PASS" if result.passed else "FAIL"
         millis = f"{result.seconds * 1000:6.0f} ms"
         title = result.check.title + _stats(result)
-        lines.append(f"{status:<{STATUS_WIDTH}}  {result.check.id:<{width}}  {millis}  {title}")
+        lines.append(f"{status(result):<{STATUS_WIDTH}}  {result.check.id:<{width}}  {millis}  {title}")
+        if result.skipped:
+            lines.append(f"{'':{STATUS_WIDTH}}    not checked: {result.skipped}")
         if not result.passed:
             lines.append(f"{'':{STATUS_WIDTH}}    expected: {result.expected}")
             lines.append(f"{'':{STATUS_WIDTH}}    actual:   {result.actual}")
     failed = sum(not result.passed for result in run.results)
+    skipped = sum(result.skipped is not None for result in run.results)
     lines += [
         "",
-        f"{len(run.results) - failed} passed, {failed} failed in {run.seconds:.1f} s",
+        f"{len(run.results) - failed - skipped} passed, {failed} failed, {skipped} skipped"
+        f" in {run.seconds:.1f} s",
         run.cleanup.message,
         "CERTIFY PASSED" if run.passed else "CERTIFY FAILED",
     ]
@@ -52,6 +59,7 @@ def junit(run: Run) -> str:
         tests=str(len(run.results)),
         failures=str(failures),
         errors="0",
+        skipped=str(sum(result.skipped is not None for result in run.results)),
         time=f"{run.seconds:.3f}",
         timestamp=run.started.isoformat(timespec="seconds"),
     )
@@ -63,6 +71,8 @@ def junit(run: Run) -> str:
             name=result.check.id,
             time=f"{result.seconds:.3f}",
         )
+        if result.skipped:
+            ET.SubElement(case, "skipped", message=result.skipped)
         if not result.passed:
             failure = ET.SubElement(case, "failure", message=f"expected: {result.expected}")
             failure.text = f"expected: {result.expected}\nactual: {result.actual}"
@@ -81,10 +91,11 @@ def as_json(run: Run) -> str:
             {
                 "id": result.check.id,
                 "title": result.check.title,
-                "status": "PASS" if result.passed else "FAIL",
+                "status": status(result),
                 "seconds": round(result.seconds, 3),
                 "expected": result.expected,
                 "actual": result.actual,
+                **({"skipped": result.skipped} if result.skipped else {}),
                 **({"latency": result.stats} if result.stats else {}),
             }
             for result in run.results

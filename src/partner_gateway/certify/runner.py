@@ -10,7 +10,16 @@ from datetime import UTC, datetime
 import httpx
 
 from partner_gateway.certify.checks import CHECKS, Check, Stats
-from partner_gateway.certify.client import Deployment, Failed, LaunchToken, Options, Secrets, describe
+from partner_gateway.certify.client import (
+    Deployment,
+    Failed,
+    LaunchToken,
+    Options,
+    Secrets,
+    Skipped,
+    describe,
+)
+from partner_gateway.certify.wallet_checks import WALLET_CHECKS
 
 CHECK_DEADLINE_SECONDS = 30.0  # on top of the launch-token life the expiry check waits out
 
@@ -23,6 +32,7 @@ class Result:
     expected: str | None = None
     actual: str | None = None
     stats: Stats | None = None
+    skipped: str | None = None  # why the check did not run (then `passed` is True)
 
 
 @dataclass(frozen=True)
@@ -46,7 +56,8 @@ class Run:
 
 
 def selected(options: Options) -> tuple[Check, ...]:
-    return tuple(check for check in CHECKS if options.bidpaw or not check.bidpaw)
+    chosen = tuple(check for check in CHECKS if options.bidpaw or not check.bidpaw)
+    return chosen + (WALLET_CHECKS if options.bidpaw_wallet else ())
 
 
 async def certify(
@@ -94,6 +105,8 @@ async def run_check(deployment: Deployment, check: Check) -> Result:
     try:
         async with asyncio.timeout(CHECK_DEADLINE_SECONDS + deployment.options.launch_token_ttl):
             stats = await check.run(deployment)
+    except Skipped as skipped:
+        return Result(check, True, time.perf_counter() - started, skipped=str(skipped))
     except Failed as failed:
         return Result(check, False, time.perf_counter() - started, mask(failed.expected), mask(failed.actual))
     except Exception as exc:  # a transport error, a deadline, an answer the check could not read
