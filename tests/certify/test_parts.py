@@ -101,7 +101,7 @@ class TestReports:
         assert lines[4].split(None, 1) == ["expected:", "400 <MISSING_PARAMETER>"]
         assert lines[5].split(None, 1) == ["actual:", '403 {"a": "&"}']
         assert lines[-3:] == [
-            "1 passed, 1 failed in 1.5 s",
+            "1 passed, 1 failed, 0 skipped in 1.5 s",
             "cleanup: player certify-x unblocked",
             "CERTIFY FAILED",
         ]
