@@ -80,5 +80,6 @@ class TestSkippedIsShownNeverPassed:
         assert [c["status"] for c in checks] == ["PASS", "SKIP"]
         assert checks[1]["skipped"].startswith("--wallet-sandbox-url not given")
         suite = ET.fromstring(report.junit(_run())).find("testsuite")
-        assert suite is not None and suite.get("skipped") == "1"
+        assert suite is not None
+        assert suite.get("skipped") == "1"
         assert suite.find(f"testcase[@name='{WALLET_CHECKS[-1].id}']/skipped") is not None

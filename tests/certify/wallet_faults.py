@@ -28,6 +28,7 @@ ACTIVE: ContextVar[str | None] = ContextVar("certify_wallet_fault", default=None
 
 REPLAY_CHECKS = (
     "bidpaw-wallet.replay",
+    "bidpaw-wallet.parallel",
     "bidpaw-wallet.duplicate",
     "bidpaw-wallet.blocked_player",
     "bidpaw-wallet.blocked_final",
@@ -41,8 +42,9 @@ BREAKAGES: dict[str, tuple[str, ...]] = {
     "client-id-not-checked": ("bidpaw-wallet.invalid_request",),
     "unknown-session-accepted": ("bidpaw-wallet.unknown_session",),
     "duplicate-taken-for-replay": ("bidpaw-wallet.duplicate",),
-    "replay-charges-again": ("bidpaw-wallet.replay",),
+    "replay-charges-again": ("bidpaw-wallet.replay", "bidpaw-wallet.parallel"),
     "replay-evaluated-afresh": REPLAY_CHECKS,
+    "simultaneous-calls-each-charge": ("bidpaw-wallet.parallel",),
     "block-not-checked": ("bidpaw-wallet.blocked_player", "bidpaw-wallet.blocked_final"),
     "blocked-answer-not-kept": ("bidpaw-wallet.blocked_final",),
     "insufficient-funds-as-refused": ("bidpaw-wallet.not_enough_balance",),
@@ -174,6 +176,30 @@ def install() -> None:
         return process
 
     wrap(endpoint, "process", charge_again)
+
+    # simultaneous-calls-each-charge: a call that arrives while another with its transactionId is
+    # in flight moves the money too, under an operation of its own (no lock on the transactionId).
+    in_flight: dict[str, int] = {}
+
+    def no_lock(original: Any) -> Any:
+        async def process(database: Any, wallet: Any, callback: Any, *, clock: Any) -> Any:
+            if not active("simultaneous-calls-each-charge"):
+                return await original(database, wallet, callback, clock=clock)
+            others = in_flight.get(callback.transaction_id, 0)
+            in_flight[callback.transaction_id] = others + 1
+            try:
+                answered = await original(database, wallet, callback, clock=clock)
+                if others:
+                    kind = Kind.DEBIT if callback.method == "charge" else Kind.CREDIT
+                    own = f"{callback.transaction_id}-{others}"
+                    await wallet.call(kind, dataclasses.replace(callback.movement(), transaction_id=own))
+                return answered
+            finally:
+                in_flight[callback.transaction_id] -= 1
+
+        return process
+
+    wrap(endpoint, "process", no_lock)
 
     # blocked-answer-not-kept: a transactionId answered 2 is evaluated afresh when it comes again.
     answered_2: set[str] = set()

@@ -21,6 +21,7 @@ wallet no one else is using at that moment.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import hmac
 import json
@@ -33,12 +34,13 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 
-from partner_gateway.certify.checks import Check
+from partner_gateway.certify.checks import Check, Stats, percentiles
 from partner_gateway.certify.client import BidpawWallet, Deployment, Failed, Skipped, describe, json_or_none
 
 CALLBACK_PATH = "/bidpaw/wallet"
 OPEN_SESSION_PATH = "/bidpaw/open-session"
 AMOUNT = 1  # cents
+PARALLEL_CALLBACKS = 8
 DESCRIPTIONS = {
     0: "",
     1: "Not Enough Balance",
@@ -333,6 +335,38 @@ async def replay(d: Deployment) -> None:
     await bp.put_back(params)
 
 
+async def parallel(d: Deployment) -> Stats:
+    bp = await open_session(d)
+    wallet = bp.sandbox()
+    before = await wallet.balance() if wallet else 0
+    params = bp.params("charge", "parallel")
+    async with httpx.AsyncClient(
+        base_url=d.http.base_url,
+        headers=d.http.headers,
+        timeout=d.http.timeout,
+        limits=httpx.Limits(max_connections=PARALLEL_CALLBACKS),
+    ) as http:  # a connection each, whatever the run's pool allows
+        at_once = BidPaw(dataclasses.replace(d, http=http), bp.target, bp.session, bp.run)
+        answers = await at_once.d.concurrently(at_once.post(params) for _ in range(PARALLEL_CALLBACKS))
+        stats = percentiles(at_once.d.latencies)
+    done = {"errorCode": 0, "errorDescription": ""}
+    if not any(json_or_none(answer) == done for answer in answers):
+        raise Failed(
+            f"{PARALLEL_CALLBACKS} simultaneous identical charges: at least one 0", describe(answers[0])
+        )
+    for answer in answers:
+        if json_or_none(answer) != {"errorCode": 9, "errorDescription": "In progress, retry"}:
+            expect_code(answer, 0, f"{PARALLEL_CALLBACKS} simultaneous identical charges: 0 (or 9, retry)")
+    await bp.expect(params, 0, "that charge again, once all have answered")
+    if wallet:
+        await wallet.expect_operations(
+            params["transactionId"], [("debit", "applied")], "simultaneous charges"
+        )
+        await wallet.expect_balance(before - AMOUNT, f"after {PARALLEL_CALLBACKS} simultaneous charges")
+    await bp.put_back(params)
+    return stats
+
+
 async def blocked_player(d: Deployment) -> None:
     bp = await open_session(d)  # before the block: a blocked player gets no session
     wallet = bp.sandbox()
@@ -393,7 +427,7 @@ async def refused(d: Deployment) -> None:
     await wallet.expect_operations(params["transactionId"], [("debit", "refused")], "code 7")
 
 
-def _check(name: str, title: str, run: Callable[[Deployment], Awaitable[None]]) -> Check:
+def _check(name: str, title: str, run: Callable[[Deployment], Awaitable[Stats | None]]) -> Check:
     return Check(f"bidpaw-wallet.{name}", title, run)
 
 
@@ -412,6 +446,11 @@ WALLET_CHECKS: tuple[Check, ...] = (
     _check("unknown_session", "a sessionId not opened for the player is 3; nothing is kept", unknown_session),
     _check("duplicate", "a used transactionId with other data is 5; the first answer stands", duplicate),
     _check("replay", "a replay gets the first answer byte for byte; the wallet is asked once", replay),
+    _check(
+        "parallel",
+        f"{PARALLEL_CALLBACKS} simultaneous identical charges: each 0 (or 9), the wallet asked once",
+        parallel,
+    ),
     _check(
         "blocked_player",
         "a blocked player's charge is 2 and its replay too, a credit still 0; unblocked after",
