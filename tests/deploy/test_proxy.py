@@ -1,7 +1,8 @@
 """deploy/nginx, started for real (Debian's nginx) in front of a served process.
 
 The public listener is on 127.0.0.1; clients bound to 127.0.0.2 and 127.0.0.3 are "elsewhere":
-the test's allow-list for /betlink/authenticate holds only 127.0.0.1/32.
+the test's allow-list for /betlink/authenticate holds only 127.0.0.1/32, the one for
+/bidpaw/wallet 127.0.0.1/32 and 127.0.0.6/32.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ pytestmark = pytest.mark.slow
 NGINX_DIR = ROOT / "deploy" / "nginx"
 HEADER_TIMEOUT = 10  # client_header_timeout in the template
 OUTSIDE = "127.0.0.2"
+BIDPAW = "127.0.0.6"  # on the test's allow-list for /bidpaw/wallet, and on no other
 
 
 @dataclass(frozen=True)
@@ -57,6 +59,7 @@ def _nginx_conf(directory: Path, *, public: int, internal: int, upstream: int) -
     assert all("${" not in line for line in site.splitlines() if not line.lstrip().startswith("#"))
     (directory / "partner-gateway.conf").write_text(site)
     (directory / "betlink-allow.conf").write_text("allow 127.0.0.1/32;\n")
+    (directory / "bidpaw-allow.conf").write_text(f"allow 127.0.0.1/32;\nallow {BIDPAW}/32;\n")
     main = directory / "nginx.conf"
     main.write_text(
         f"""
@@ -228,3 +231,43 @@ class TestListeners:
             answer = client.get("/metrics")
         assert answer.status_code == 200
         assert "partner_gateway_build_info" in answer.text
+
+
+class TestWalletCallbacks:
+    @pytest.mark.parametrize(
+        ("method", "path"),
+        [
+            ("POST", "/bidpaw/wallet"),
+            ("GET", "/bidpaw/wallet?method=charge&userId=u1"),
+            ("POST", "//bidpaw/wallet"),
+            ("POST", "/bidpaw/%77allet"),
+        ],
+    )
+    def test_are_refused_outside_bidpaws_addresses(self, proxy: Proxy, method: str, path: str) -> None:
+        with _client(proxy.public, OUTSIDE) as outside:
+            # The raw path as written: httpx would read "//bidpaw/..." as a host name.
+            url = httpx.URL(proxy.public).copy_with(raw_path=path.encode())
+            refused = outside.request(method, url, json={} if method == "POST" else None)
+        assert refused.status_code == 403
+        assert "x-request-id" not in refused.headers  # nginx's page: the service never saw it
+
+    def test_pass_from_bidpaws_addresses_with_no_per_address_limit(self, proxy: Proxy) -> None:
+        started = time.monotonic()
+        statuses: list[int] = []
+        # Past 20 a second plus the burst of 40, the per-address limit would have said 429.
+        with _client(proxy.public, BIDPAW) as bidpaw:
+            while (
+                len(statuses) < max(150, 60 + 20 * (time.monotonic() - started))
+                and time.monotonic() - started < 30
+            ):
+                answer = bidpaw.post("/bidpaw/wallet", json={})
+                assert "x-request-id" in answer.headers, answer.status_code  # the service answered
+                statuses.append(answer.status_code)
+            elapsed = time.monotonic() - started
+            timing(f"{len(statuses)} wallet callbacks from one address", started)
+            assert len(statuses) >= 60 + 20 * elapsed, "too slow to outrun the limit: inconclusive"
+            assert 429 not in statuses
+            assert 403 not in statuses
+            # The same address is still limited everywhere else.
+            elsewhere = [bidpaw.get("/healthz").status_code for _ in range(60)]
+        assert 429 in elsewhere

@@ -348,6 +348,9 @@ class WalletSandbox:
         self.locks: weakref.WeakValueDictionary[str, asyncio.Lock] = weakref.WeakValueDictionary()
         self.faults = faults
         self.rng = random.Random(faults.seed)
+        # Signed, well-formed calls: how many came (since the last reset), how many are unanswered.
+        self.received = 0
+        self.in_flight = 0
 
     def set_faults(self, faults: Faults) -> None:
         self.faults = faults
@@ -356,6 +359,7 @@ class WalletSandbox:
     def reset(self) -> None:
         self.ledger = Ledger(self.starting_balance)
         self.answers.clear()
+        self.received = 0
 
     async def call(self, kind: str, request: Request) -> _Answer:
         """One protocol call: signature, body, faults, then the ledger under the key's lock."""
@@ -378,6 +382,16 @@ class WalletSandbox:
             return _error(400, "BAD_REQUEST", "Idempotency-Key must occur once and equal operationId")
         faults = self.faults  # as they were when the call came, whatever a PUT does meanwhile
         draw = _Draw.of(faults, self.rng)
+        self.received += 1
+        self.in_flight += 1
+        try:
+            return await self._with_faults(kind, parsed, draw, faults)
+        finally:
+            self.in_flight -= 1
+
+    async def _with_faults(
+        self, kind: str, parsed: MoveRequest | ReverseRequest, draw: _Draw, faults: Faults
+    ) -> _Answer:
         if draw.slow and faults.slow_phase == "before":
             await asyncio.sleep(faults.slow_seconds)
         if draw.error:
@@ -484,6 +498,9 @@ def _admin_routes(sandbox: WalletSandbox) -> list[Route]:
         sandbox.reset()
         return await get_ledger(request)
 
+    async def calls(request: Request) -> Response:
+        return _respond(_json(200, {"received": sandbox.received, "inFlight": sandbox.in_flight}))
+
     async def balance(request: Request) -> Response:
         user_id: str = request.path_params["user_id"]
         currency = request.query_params.get("currency", "")
@@ -514,6 +531,7 @@ def _admin_routes(sandbox: WalletSandbox) -> list[Route]:
         Route(f"{ADMIN_PREFIX}/ledger", get_ledger, methods=["GET"]),
         Route(f"{ADMIN_PREFIX}/ledger", delete_ledger, methods=["DELETE"]),
         Route(f"{ADMIN_PREFIX}/balance/{{user_id}}", balance, methods=["GET", "PUT"]),
+        Route(f"{ADMIN_PREFIX}/calls", calls, methods=["GET"]),
     ]
 
 

@@ -183,46 +183,43 @@ async def _bounded(seconds: float, work: Callable[[], Awaitable[T]]) -> T:
 
 async def process(
     database: Database,
-    wallet: WalletClient,
+    wallet: WalletClient | None,
     callback: Callback,
     *,
     clock: Clock,
 ) -> Answered:
     """The callback's session, block and duplicate checks, then exactly-once money."""
-    recorded = _Recording(database, callback)
+    recorded = _Recording(database, callback, wallet_configured=wallet is not None)
     try:
         result = await _bounded(clock.left(), recorded.run)
     except Exception as exc:
         if not _is_database_failure(exc):
             raise
-        # Nothing is recorded, or (the COMMIT was sent) a recording may exist. An abandoned
-        # charge is answered 8 by reconcile, so 8 holds either way; an abandoned credit is
-        # delivered, so only "nothing recorded" allows 8 for a credit.
+        # Whether this transactionId is new, recorded by an earlier call (and answered 0, say),
+        # or being recorded by another process cannot be known without the database: any final
+        # answer here could contradict the one it already has. 9 is never final.
         logger.warning("wallet.record_failed", error=type(exc).__name__)
-        if callback.method == "credit" and recorded.commit_sent:
-            return Answered(Code.IN_PROGRESS)
-        return Answered(Code.TEMPORARY_FAILURE)
+        return Answered(Code.IN_PROGRESS)
     if isinstance(result, Code):
         return Answered(result)
     if not recorded.new:
         return await _await_answer(database, result, clock=clock)
+    assert wallet is not None  # nothing is recorded without one
     return await _ask_wallet(database, wallet, callback, result, clock=clock)
 
 
 class _Recording:
     """The first transaction: checks against the database, then the record, committed."""
 
-    def __init__(self, database: Database, callback: Callback) -> None:
+    def __init__(self, database: Database, callback: Callback, *, wallet_configured: bool) -> None:
         self.database = database
         self.callback = callback
-        self.commit_sent = False
+        self.wallet_configured = wallet_configured
         self.new = False
 
     async def run(self) -> Code | store.WalletTransaction:
         async with self.database.transaction() as conn:
-            result = await self._checked(conn)
-            self.commit_sent = True  # leaving the block sends COMMIT
-        return result
+            return await self._checked(conn)
 
     async def _checked(self, conn: Connection) -> Code | store.WalletTransaction:
         callback, now = self.callback, utc_now()
@@ -233,6 +230,9 @@ class _Recording:
             # A replay is answered from its record (even if the player was blocked since, or
             # the session purged); other parameters under the same transactionId are refused.
             return existing if existing.fingerprint == callback.fingerprint() else Code.DUPLICATE_TRANSACTION
+        if not self.wallet_configured:
+            logger.error("bidpaw.wallet_not_configured", detail="WALLET_URL and WALLET_SECRET are required")
+            return Code.TEMPORARY_FAILURE  # nothing recorded, nothing moved
         currencies = await store.touch_bidpaw_session(
             conn, user_id=callback.user_id, session=callback.session_id, now=now
         )
