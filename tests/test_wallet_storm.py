@@ -239,22 +239,24 @@ async def test_invariant_storm(tmp_path: Path) -> None:
             async with httpx.AsyncClient(timeout=DEADLINE + 5) as client:
 
                 async def havoc() -> None:
-                    await asyncio.sleep(4)
+                    await asyncio.sleep(2.5)
                     # Every call slow for a moment, so the kill finds debits applied and unanswered.
                     await set_faults({**faults, "slow_rate": 1.0})
                     await asyncio.sleep(WALLET_TIMEOUT * 0.6)
                     log("SIGKILL one service")
                     services[0].kill()
                     await set_faults(faults)
-                    await asyncio.sleep(1)
-                    await asyncio.to_thread(services[0].start)
-                    log("restarted; stopping the database")
+                    restarted = asyncio.create_task(asyncio.to_thread(services[0].start))
+                    await asyncio.sleep(2)
+                    log("stopping the database while the other service takes callbacks")
                     await asyncio.to_thread(stop_database, data_dir / "pgdata", 3.0)
                     log("database back")
+                    await restarted
+                    log("killed service restarted")
 
                 async def paced() -> None:
                     for transaction in transactions:
-                        await asyncio.sleep(rng.uniform(0, 0.06))
+                        await asyncio.sleep(rng.uniform(0, 0.1))
                         tasks.append(asyncio.create_task(storm.one(client, transaction)))
 
                 tasks: list[asyncio.Task[None]] = []
