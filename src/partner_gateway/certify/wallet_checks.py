@@ -151,9 +151,8 @@ class BidPaw:
     ) -> httpx.Response:
         """A callback as BidPaw sends it: the JSON body and its `sign` (or the `signs` given)."""
         content = body if body is not None else json.dumps(params, ensure_ascii=False).encode()
-        headers = [("Content-Type", "application/json")]
-        headers += [("sign", value) for value in (self.sign(params),) if signs is None]
-        headers += [("sign", value) for value in signs or []]
+        sent = [self.sign(params)] if signs is None else signs
+        headers = [("Content-Type", "application/json"), *(("sign", value) for value in sent)]
         return await self.d.request("POST", CALLBACK_PATH, headers=headers, content=content)
 
     async def get(self, params: dict[str, Any]) -> httpx.Response:
