@@ -59,6 +59,17 @@ class Secrets:
 
 
 @dataclass(frozen=True)
+class BidpawWallet:
+    """What `--bidpaw-wallet` needs to play BidPaw's wallet callbacks (certify/wallet_checks.py)."""
+
+    callback_secret: str  # one of the deployment's BIDPAW_CALLBACK_SECRET
+    client_id: str  # its BIDPAW_CLIENT_ID
+    game_id: str  # its BIDPAW_GAME_ID
+    currency: str = "EUR"  # the test player's wallet currency, sent as X-User-Currency
+    sandbox_url: str | None = None  # the sandbox wallet's admin API, for codes 1 and 7 and the ledger
+
+
+@dataclass(frozen=True)
 class Options:
     """What a run needs besides the URL and the keys."""
 
@@ -74,6 +85,7 @@ class Options:
     gateway_url: str | None = None  # where the casino gateway's calls go (default: the URL)
     ops_url: str | None = None  # where /healthz, /readyz, /metrics, /docs live (default: the URL)
     proxy: bool = False  # the URL is the front proxy: check what it must do too
+    bidpaw_wallet: BidpawWallet | None = None
 
     @property
     def session_ms(self) -> float:

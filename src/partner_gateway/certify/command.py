@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 
 from partner_gateway.certify import report
-from partner_gateway.certify.client import Options
+from partner_gateway.certify.client import BidpawWallet, Options
 from partner_gateway.certify.runner import certify
 
 KEY_SOURCES = {
@@ -83,9 +83,58 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--bidpaw", action="store_true", help="also check /bidpaw/open-session")
     parser.add_argument("--bidpaw-iframe-prefix", help="with --bidpaw: the iframeURL must start with this")
+    wallet = parser.add_argument_group("BidPaw's wallet callbacks (--bidpaw-wallet)")
+    wallet.add_argument(
+        "--bidpaw-wallet",
+        action="store_true",
+        help="also play BidPaw's wallet callbacks (POST /bidpaw/wallet) against a deployment whose "
+        "BIDPAW_API_URL is the bidpaw-sandbox and whose wallet is the sandbox or a staging wallet",
+    )
+    for flag, sources in WALLET_SOURCES.items():
+        wallet.add_argument(flag, help=f"default: ${' else the first of $'.join(sources)}")
+    wallet.add_argument(
+        "--bidpaw-wallet-currency",
+        default="EUR",
+        help="the test player's wallet currency, sent as X-User-Currency (default EUR)",
+    )
+    wallet.add_argument(
+        "--wallet-sandbox-url",
+        help="the sandbox wallet's admin API: checks codes 1 and 7 and the wallet's ledger "
+        "(without it those are skipped, with a line that says so)",
+    )
     parser.add_argument("--timeout", type=float, default=10.0, help="seconds per request (default 10)")
     parser.add_argument("--junit", type=Path, metavar="FILE", help="also write a JUnit XML report")
     parser.add_argument("--json", action="store_true", help="print JSON instead of the table")
+
+
+WALLET_SOURCES = {
+    "--bidpaw-callback-secret": ("CERTIFY_BIDPAW_CALLBACK_SECRET", "BIDPAW_CALLBACK_SECRET"),
+    "--bidpaw-client-id": ("CERTIFY_BIDPAW_CLIENT_ID", "BIDPAW_CLIENT_ID"),
+    "--bidpaw-game-id": ("CERTIFY_BIDPAW_GAME_ID", "BIDPAW_GAME_ID"),
+}
+
+
+def _wallet(args: argparse.Namespace) -> BidpawWallet | str | None:
+    """What --bidpaw-wallet needs, or what is missing; None without --bidpaw-wallet."""
+    if not args.bidpaw_wallet:
+        return None
+    values, missing = {}, []
+    for flag, (own, shared) in WALLET_SOURCES.items():
+        value: str | None = getattr(args, flag.removeprefix("--").replace("-", "_")) or os.environ.get(own)
+        if not value and os.environ.get(shared):
+            value = os.environ[shared].split(",")[0].strip()
+        if not value:
+            missing.append(f"{flag} or {own} or {shared}")
+        values[flag] = value or ""
+    if missing:
+        return f"--bidpaw-wallet: missing {'; '.join(missing)}"
+    return BidpawWallet(
+        callback_secret=values["--bidpaw-callback-secret"],
+        client_id=values["--bidpaw-client-id"],
+        game_id=values["--bidpaw-game-id"],
+        currency=args.bidpaw_wallet_currency.upper(),
+        sandbox_url=args.wallet_sandbox_url.rstrip("/") if args.wallet_sandbox_url else None,
+    )
 
 
 def _key(args: argparse.Namespace, name: str) -> str | None:
@@ -113,6 +162,10 @@ def main(args: argparse.Namespace) -> int:
     if reason:
         print(f"partner-gateway certify: {reason}", file=sys.stderr)  # noqa: T201
         return 2
+    wallet = _wallet(args)
+    if isinstance(wallet, str):
+        print(f"partner-gateway certify: {wallet}", file=sys.stderr)  # noqa: T201
+        return 2
     options = Options(
         player=args.player or f"certify-{secrets.token_hex(4)}",
         launch_token_ttl=args.launch_token_ttl,
@@ -126,6 +179,7 @@ def main(args: argparse.Namespace) -> int:
         gateway_url=args.gateway_url.rstrip("/") if args.gateway_url else None,
         ops_url=args.ops_url.rstrip("/") if args.ops_url else None,
         proxy=args.proxy,
+        bidpaw_wallet=wallet,
     )
     run = asyncio.run(
         certify(

@@ -11,7 +11,15 @@ from datetime import UTC, datetime
 import httpx
 
 from partner_gateway.certify.checks import CHECKS, Check, Stats
-from partner_gateway.certify.client import Deployment, Failed, Options, Secrets, Skipped, describe
+from partner_gateway.certify.client import (
+    Deployment,
+    Failed,
+    Options,
+    Secrets,
+    Skipped,
+    describe,
+)
+from partner_gateway.certify.wallet_checks import WALLET_CHECKS
 
 CHECK_DEADLINE_SECONDS = 30.0  # on top of the longest TTL an expiry check waits out
 
@@ -48,7 +56,8 @@ class Run:
 
 
 def selected(options: Options) -> tuple[Check, ...]:
-    return tuple(check for check in CHECKS if options.bidpaw or not check.bidpaw)
+    chosen = tuple(check for check in CHECKS if options.bidpaw or not check.bidpaw)
+    return chosen + (WALLET_CHECKS if options.bidpaw_wallet else ())
 
 
 async def certify(
