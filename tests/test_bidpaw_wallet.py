@@ -186,7 +186,24 @@ class TestRefusals:
             credit = await wallet_client.post("/bidpaw/wallet", **signed_post(params("credit")))
         assert charge.json() == answer(2)
         assert credit.json() == answer(0)
-        assert [row["method"] for row in await transactions(engine)] == ["credit"]
+        rows = [(row["method"], row["state"], row["answer"]) for row in await transactions(engine)]
+        assert rows == [("charge", "final", 2), ("credit", "final", 0)]
+
+    async def test_a_charge_answered_2_stays_2_after_the_unblock(
+        self, wallet_client: httpx.AsyncClient, engine: AsyncEngine
+    ) -> None:
+        """2 belongs to the transaction (contract, exactly once 1): seen failing when 2 kept
+        nothing, since the same charge after the unblock was debited and answered 0."""
+        await wallet_client.put("/players/player-1/block", headers={**GATEWAY_HEADERS})
+        refused = await wallet_client.post("/bidpaw/wallet", **signed_post(params(transactionId="t2")))
+        await wallet_client.delete("/players/player-1/block", headers={**GATEWAY_HEADERS})
+        with respx.mock:
+            debit = respx.post(f"{WALLET}/debit").mock(return_value=ok())
+            again = await wallet_client.post("/bidpaw/wallet", **signed_post(params(transactionId="t2")))
+        assert refused.json() == again.json() == answer(2)
+        assert refused.content == again.content
+        assert not debit.called
+        assert [row["answer"] for row in await transactions(engine)] == [2]
 
     async def test_other_parameters_under_a_used_transaction_id_are_5(
         self, wallet_client: httpx.AsyncClient

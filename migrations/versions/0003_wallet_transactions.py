@@ -45,7 +45,7 @@ def upgrade() -> None:
             "state IN ('recorded', 'reversing', 'delivering', 'final', 'stuck')",
             name=op.f("ck_wallet_transactions_state"),
         ),
-        sa.CheckConstraint("answer IN (0, 1, 7, 8)", name=op.f("ck_wallet_transactions_answer")),
+        sa.CheckConstraint("answer IN (0, 1, 2, 7, 8)", name=op.f("ck_wallet_transactions_answer")),
         sa.CheckConstraint(
             "outcome IN ('applied', 'insufficient_funds', 'refused', 'reversed')",
             name=op.f("ck_wallet_transactions_outcome"),

@@ -119,7 +119,7 @@ class WalletTransaction(Base):
         UniqueConstraint("partner", "transaction_id", name="uq_wallet_transactions_partner"),
         CheckConstraint("method IN ('charge', 'credit')", name="method"),
         CheckConstraint("state IN ('recorded', 'reversing', 'delivering', 'final', 'stuck')", name="state"),
-        CheckConstraint("answer IN (0, 1, 7, 8)", name="answer"),
+        CheckConstraint("answer IN (0, 1, 2, 7, 8)", name="answer"),
         CheckConstraint(
             "outcome IN ('applied', 'insufficient_funds', 'refused', 'reversed')", name="outcome"
         ),

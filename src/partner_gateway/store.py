@@ -395,10 +395,12 @@ _RECORD_WALLET_TRANSACTION = Statement(
     f"""
 INSERT INTO wallet_transactions (
     partner, transaction_id, method, user_id, session_id, game_id, amount, currency, fingerprint,
-    state, created_at, next_attempt_at
+    state, answer, answered_at, created_at, next_attempt_at
 ) VALUES (
     :partner, :transaction_id, :method, :user_id, :session_id, :game_id, :amount, :currency,
-    :fingerprint, 'recorded', :now, :now
+    :fingerprint, CASE WHEN CAST(:answer AS smallint) IS NULL THEN 'recorded' ELSE 'final' END,
+    :answer, CASE WHEN CAST(:answer AS smallint) IS NULL THEN NULL ELSE CAST(:now AS timestamptz) END,
+    :now, :now
 )
 ON CONFLICT (partner, transaction_id) DO NOTHING
 RETURNING {_WALLET_COLUMNS}
@@ -456,10 +458,11 @@ class NewWalletTransaction:
 
 
 async def record_wallet_transaction(
-    conn: Connection, new: NewWalletTransaction, *, now: datetime
+    conn: Connection, new: NewWalletTransaction, *, now: datetime, answer: int | None = None
 ) -> WalletTransaction | None:
-    """Insert the transaction in state `recorded`; None when its transactionId is taken."""
-    row = await conn.fetchrow(_RECORD_WALLET_TRANSACTION, **vars(new), now=now)
+    """Insert the transaction in state `recorded`, or `final` with `answer` when it is decided
+    without the wallet (a blocked player's charge); None when its transactionId is taken."""
+    row = await conn.fetchrow(_RECORD_WALLET_TRANSACTION, **vars(new), now=now, answer=answer)
     return None if row is None else _wallet_transaction(row)
 
 

@@ -240,8 +240,9 @@ class _Recording:
             return Code.UNKNOWN_SESSION
         if None not in currencies and callback.currency not in currencies:
             return Code.INVALID_REQUEST
-        if callback.method == "charge" and await store.lock_player(conn, user_id=callback.user_id, now=now):
-            return Code.PLAYER_BLOCKED
+        blocked = callback.method == "charge" and await store.lock_player(
+            conn, user_id=callback.user_id, now=now
+        )
         new = store.NewWalletTransaction(
             partner=PARTNER,
             transaction_id=callback.transaction_id,
@@ -253,7 +254,12 @@ class _Recording:
             currency=callback.currency,
             fingerprint=callback.fingerprint(),
         )
-        recorded = await store.record_wallet_transaction(conn, new, now=now)
+        # A blocked player's charge is answered 2 for ever, like every answer that belongs to the
+        # transaction: recorded final, the wallet never called, so an unblock cannot charge it.
+        answer = Code.PLAYER_BLOCKED if blocked else None
+        recorded = await store.record_wallet_transaction(conn, new, now=now, answer=answer)
+        if recorded is not None and blocked:
+            return Code.PLAYER_BLOCKED
         if recorded is not None:
             self.new = True
             return recorded
