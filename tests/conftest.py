@@ -29,7 +29,14 @@ OPERATOR_ID = "op-test"
 REDIRECT_URL = "https://casino.example/"
 ENCRYPTION_KEY = base64.b64encode(bytes(range(32))).decode()
 GATEWAY_HEADERS = {"Authorization": f"Bearer {GATEWAY_KEY}"}
-TABLES = ("idempotency_keys", "user_sessions", "player_block_events", "players")
+TABLES = (
+    "idempotency_keys",
+    "user_sessions",
+    "player_block_events",
+    "players",
+    "bidpaw_sessions",
+    "wallet_transactions",
+)
 
 AppFactory = Callable[..., FastAPI]
 

@@ -9,6 +9,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import IO
 
 import httpx
 
@@ -43,7 +44,9 @@ def serve(database_url: str, port: int, *, workers: int = 1, **settings: str) ->
     return subprocess.Popen([sys.executable, "-m", "partner_gateway", *command], env=env)
 
 
-def bidpaw_sandbox(port: int, *, client_id: str, secret_key: str) -> subprocess.Popen[bytes]:
+def bidpaw_sandbox(
+    port: int, *, client_id: str, secret_key: str, restricted_countries: str = ""
+) -> subprocess.Popen[bytes]:
     """Start `partner-gateway bidpaw-sandbox` on `port`; `wait_listening` for it."""
     env = {
         **os.environ,
@@ -52,7 +55,18 @@ def bidpaw_sandbox(port: int, *, client_id: str, secret_key: str) -> subprocess.
         "LOG_LEVEL": "WARNING",
     }
     command = [sys.executable, "-m", "partner_gateway", "bidpaw-sandbox", "--port", str(port)]
+    if restricted_countries:
+        command += ["--restricted-countries", restricted_countries]
     return subprocess.Popen(command, env=env)
+
+
+def wallet_sandbox(
+    port: int, *args: str, secrets: str, stdout: IO[bytes] | None = None, **settings: str
+) -> subprocess.Popen[bytes]:
+    """Start `partner-gateway wallet-sandbox --port port *args` with `WALLET_SECRET=secrets`."""
+    env = {**os.environ, "WALLET_SECRET": secrets, "LOG_LEVEL": "WARNING", **settings}
+    command = [sys.executable, "-m", "partner_gateway", "wallet-sandbox", "--port", str(port), *args]
+    return subprocess.Popen(command, env=env, stdout=stdout, stderr=subprocess.STDOUT if stdout else None)
 
 
 def wait_listening(url: str, proc: subprocess.Popen[bytes], *, timeout: float = 60) -> None:

@@ -13,9 +13,11 @@ from prometheus_client import REGISTRY
 from partner_gateway.bidpaw.client import (
     MAX_ATTEMPTS,
     MAX_BODY_BYTES,
+    MAX_ERROR_BODY_BYTES,
     BidPawBadGateway,
     BidPawClient,
     Outcome,
+    bidpaw_message,
     encode_query,
     open_session_params,
 )
@@ -29,6 +31,7 @@ SECRET = "bidpaw-secret-0001"
 IFRAME = "https://lobby.bidpaw.test/auctions?token=tok-abc&session=ses-def&casinoId=casino-42"
 OK = {"iframeURL": IFRAME}
 NICK = 'Jöhn "🎰" \\/'
+GAME_ID = "game-7"
 
 
 def bidpaw(http: httpx.AsyncClient, **overrides: Any) -> BidPawClient:
@@ -36,6 +39,7 @@ def bidpaw(http: httpx.AsyncClient, **overrides: Any) -> BidPawClient:
         "bidpaw_api_url": API,
         "bidpaw_client_id": CLIENT_ID,
         "bidpaw_secret_key": SECRET,
+        "bidpaw_game_id": GAME_ID,
         "bidpaw_timeout_seconds": 3,
     }
     values.update(overrides)
@@ -75,9 +79,9 @@ class TestWireRequest:
         assert request.method == "GET"
         assert request.url.raw_path == (
             b"/api/casino/open-session/?clientId=casino-42"
-            b"&nick=J%C3%B6hn%20%22%F0%9F%8E%B0%22%20%5C%2F&userId=player%201%2F%C3%BC"
+            b"&nick=J%C3%B6hn%20%22%F0%9F%8E%B0%22%20%5C%2F&userId=player%201%2F%C3%BC&gameId=game-7"
         )
-        params = [("clientId", CLIENT_ID), ("nick", NICK), ("userId", "player 1/ü")]
+        params = [("clientId", CLIENT_ID), ("nick", NICK), ("userId", "player 1/ü"), ("gameId", GAME_ID)]
         assert request.headers["sign"] == sign(params=params, secret=SECRET)
         assert request.headers["content-type"] == "application/json; charset=UTF-8"
         assert request.content == b""
@@ -90,10 +94,49 @@ class TestWireRequest:
         route = mock.get(host="bidpaw.test").respond(200, json=OK)
         await bidpaw(http).open_session(user_id="42", nick=nick)
         (request,) = calls(route)
-        assert request.url.query == b"clientId=casino-42&userId=42"
+        assert request.url.query == b"clientId=casino-42&userId=42&gameId=game-7"
         assert request.headers["sign"] == sign(
-            params=[("clientId", CLIENT_ID), ("userId", "42")], secret=SECRET
+            params=[("clientId", CLIENT_ID), ("userId", "42"), ("gameId", GAME_ID)], secret=SECRET
         )
+
+    async def test_every_parameter_in_the_contracts_order_upper_casing_the_codes(
+        self, http: httpx.AsyncClient, mock: respx.MockRouter
+    ) -> None:
+        route = mock.get(host="bidpaw.test").respond(200, json=OK)
+        client = bidpaw(http, bidpaw_allowed_countries="us, gb ,De", bidpaw_game_id="gämé 1")
+        await client.open_session(user_id="42", nick="n", lang="pt-BR", currency="eur", country="de")
+        (request,) = calls(route)
+        params = [
+            ("clientId", CLIENT_ID),
+            ("nick", "n"),
+            ("userId", "42"),
+            ("lang", "pt-BR"),
+            ("currency", "EUR"),
+            ("country", "DE"),
+            ("gameId", "gämé 1"),
+            ("allowedCountries", "US,GB,DE"),
+        ]
+        assert request.url.query == (
+            b"clientId=casino-42&nick=n&userId=42&lang=pt-BR&currency=EUR&country=DE"
+            b"&gameId=g%C3%A4m%C3%A9%201&allowedCountries=US%2CGB%2CDE"
+        )
+        assert request.headers["sign"] == sign(params=params, secret=SECRET)
+        assert signed_as_bidpaw_checks(request)
+
+    @pytest.mark.parametrize(("lang", "currency", "country"), [(None, None, None), ("", "", "")])
+    async def test_absent_or_empty_optional_values_are_neither_sent_nor_signed(
+        self,
+        http: httpx.AsyncClient,
+        mock: respx.MockRouter,
+        lang: str | None,
+        currency: str | None,
+        country: str | None,
+    ) -> None:
+        route = mock.get(host="bidpaw.test").respond(200, json=OK)
+        await bidpaw(http).open_session(
+            user_id="42", nick=None, lang=lang, currency=currency, country=country
+        )
+        assert calls(route)[0].url.query == b"clientId=casino-42&userId=42&gameId=game-7"
 
     async def test_keeps_a_path_prefix_of_the_api_url(
         self, http: httpx.AsyncClient, mock: respx.MockRouter
@@ -103,8 +146,10 @@ class TestWireRequest:
         assert calls(route)[0].url.path == "/v1/api/casino/open-session/"
 
     def test_the_query_leaves_only_unreserved_characters_unencoded(self) -> None:
-        params = open_session_params(client_id="a-b_c.d~e", user_id="&=+?#%/", nick="*!'()")
-        assert encode_query(params) == "clientId=a-b_c.d~e&nick=%2A%21%27%28%29&userId=%26%3D%2B%3F%23%25%2F"
+        params = open_session_params(client_id="a-b_c.d~e", user_id="&=+?#%/", nick="*!'()", game_id="g")
+        assert encode_query(params) == (
+            "clientId=a-b_c.d~e&nick=%2A%21%27%28%29&userId=%26%3D%2B%3F%23%25%2F&gameId=g"
+        )
 
 
 class TestRetries:
@@ -263,3 +308,69 @@ class TestConstruction:
     def test_refuses_incomplete_settings(self, http: httpx.AsyncClient) -> None:
         with pytest.raises(ValueError, match="BIDPAW_SECRET_KEY"):
             bidpaw(http, bidpaw_secret_key=None)
+
+    def test_refuses_settings_without_a_game_id(self, http: httpx.AsyncClient) -> None:
+        for game_id in (None, ""):
+            with pytest.raises(ValueError, match="BIDPAW_GAME_ID"):
+                bidpaw(http, bidpaw_game_id=game_id)
+
+
+SIGN_SENT = "0f" * 32
+
+
+class TestBidPawsMessage:
+    """What reaches the log line of BidPaw's error `message` (the caller's detail never has it)."""
+
+    @pytest.mark.parametrize(
+        ("body", "expected"),
+        [
+            (
+                b'{"data": null, "status": 400, "message": "Request signature invalid"}',
+                "Request signature invalid",
+            ),
+            (rb'{"message": "a\nb\r\u0000c\u001b[31md\u2028e\u202ef\ud800g\tz"}', "abc[31mdefgz"),
+            (b'{"message": "' + b"x" * 300 + b'"}', "x" * 200),
+            (b'{"message": "' + rb"\n" * 300 + b'ok"}', "ok"),
+            (
+                b'{"message": "key ' + SECRET.encode() + b" sign " + SIGN_SENT.encode() + b'"}',
+                "key [redacted] sign [redacted]",
+            ),
+            (b'{"message": "' + b"y" * 195 + SECRET.encode() + b'"}', "y" * 195 + "[reda"),
+            (b'{"message": 42}', None),
+            (b'{"error": "x"}', None),
+            (b'["message"]', None),
+            (b"<html>Bad Request</html>", None),
+            (b"\xff\xfe", None),
+            (b"", None),
+        ],
+    )
+    def test_is_sanitised_capped_and_never_carries_a_secret(self, body: bytes, expected: str | None) -> None:
+        assert bidpaw_message(body, secrets=[SECRET, SIGN_SENT]) == expected
+
+    async def test_rides_on_the_error_and_not_in_its_detail(
+        self, http: httpx.AsyncClient, mock: respx.MockRouter
+    ) -> None:
+        body = {"data": None, "status": 400, "message": "Required parameters missing: gameId"}
+        mock.get(host="bidpaw.test").respond(400, json=body)
+        with pytest.raises(BidPawBadGateway) as raised:
+            await bidpaw(http).open_session(user_id="42", nick=None)
+        assert raised.value.detail == "BidPaw rejected the request (HTTP 400)"
+        assert raised.value.bidpaw_message == "Required parameters missing: gameId"
+
+    async def test_the_sign_sent_is_cut_out(self, http: httpx.AsyncClient, mock: respx.MockRouter) -> None:
+        def echo_sign(request: httpx.Request) -> httpx.Response:
+            return httpx.Response(400, json={"message": f"bad sign {request.headers['sign']}"})
+
+        mock.get(host="bidpaw.test").mock(side_effect=echo_sign)
+        with pytest.raises(BidPawBadGateway) as raised:
+            await bidpaw(http).open_session(user_id="42", nick=None)
+        assert raised.value.bidpaw_message == "bad sign [redacted]"
+
+    async def test_an_oversized_error_body_is_not_read_for_one(
+        self, http: httpx.AsyncClient, mock: respx.MockRouter
+    ) -> None:
+        body = b'{"message": "m", "pad": "' + b"x" * MAX_ERROR_BODY_BYTES + b'"}'
+        mock.get(host="bidpaw.test").respond(500, content=body)
+        with pytest.raises(BidPawBadGateway) as raised:
+            await bidpaw(http).open_session(user_id="42", nick=None)
+        assert (raised.value.outcome, raised.value.bidpaw_message) == (Outcome.SERVER_ERROR, None)

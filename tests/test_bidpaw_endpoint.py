@@ -25,13 +25,22 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 from starlette.applications import Starlette
 
 from partner_gateway.bidpaw.client import MAX_ATTEMPTS, MAX_BODY_BYTES
-from partner_gateway.bidpaw.sandbox import NOT_VALID, ReceivedRequest, create_sandbox_app
+from partner_gateway.bidpaw.endpoints import CURRENCIES
+from partner_gateway.bidpaw.sandbox import (
+    MISSING_SIGN,
+    SIGNATURE_INVALID,
+    ReceivedRequest,
+    bidpaw_error,
+    create_sandbox_app,
+)
 from partner_gateway.bidpaw.signing import sign
+from partner_gateway.db import utc_now
 from partner_gateway.logs import configure_logging
-from tests.conftest import GATEWAY_HEADERS
+from tests.conftest import GATEWAY_HEADERS, app_of
 
 CLIENT_ID = "casino-42"
 SECRET = "bidpaw-secret-0001"
+GAME_ID = "game-42"
 RESPX_API = "https://bidpaw.test"
 NICK = 'Jöhn "🎰" \\/'
 PROBLEM = "application/problem+json"
@@ -50,11 +59,15 @@ class Sandbox:
         received: ReceivedRequest = self.app.state.received[-1]
         return dict(received.headers)["sign"]
 
+    def signs(self) -> list[str]:
+        received: list[ReceivedRequest] = list(self.app.state.received)
+        return [value for request in received for name, value in request.headers if name == "sign"]
+
 
 @pytest.fixture(scope="module")
 def sandbox() -> Iterator[Sandbox]:
     """The BidPaw sandbox under uvicorn on a real 127.0.0.1 socket, in a thread of its own."""
-    app = create_sandbox_app(client_id=CLIENT_ID, secret_key=SECRET)
+    app = create_sandbox_app(client_id=CLIENT_ID, secret_key=SECRET, restricted_countries=["US"])
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.bind(("127.0.0.1", 0))
     config = uvicorn.Config(app, lifespan="off", log_config=None, access_log=False)
@@ -78,19 +91,26 @@ def bidpaw_settings(
         "bidpaw_api_url": api_url,
         "bidpaw_client_id": CLIENT_ID,
         "bidpaw_secret_key": secret,
+        "bidpaw_game_id": GAME_ID,
         "bidpaw_timeout_seconds": timeout,
         **extra,
     }
 
 
 async def open_session(
-    client: httpx.AsyncClient, user_id: str = "player-1", *, nick: str | None = None, authorized: bool = True
+    client: httpx.AsyncClient,
+    user_id: str = "player-1",
+    *,
+    nick: str | None = None,
+    authorized: bool = True,
+    headers: list[tuple[bytes, bytes]] | None = None,
+    query: list[tuple[str, str]] | None = None,
 ) -> httpx.Response:
-    headers = [(b"X-User-Id", user_id.encode())]
+    sent = [(b"X-User-Id", user_id.encode()), *(headers or [])]
     if authorized:
-        headers.append((b"Authorization", GATEWAY_HEADERS["Authorization"].encode()))
-    params = {"nick": nick} if nick is not None else {}
-    return await client.get("/bidpaw/open-session", params=params, headers=headers)
+        sent.append((b"Authorization", GATEWAY_HEADERS["Authorization"].encode()))
+    params = [("nick", nick)] if nick is not None else []
+    return await client.get("/bidpaw/open-session", params=[*params, *(query or [])], headers=sent)
 
 
 def problem(status: int, title: str, detail: str) -> dict[str, Any]:
@@ -164,7 +184,7 @@ class TestOpensASession:
         body = response.json()
         assert set(body) == {"iframeURL"}
         parts = urlsplit(body["iframeURL"])
-        assert (parts.scheme, parts.netloc, parts.path) == ("https", "sandbox.bidpaw.invalid", "/auctions")
+        assert (parts.scheme, parts.netloc, parts.path) == ("https", "sandbox.bidpaw.invalid", "/en/auctions")
         assert parse_qs(parts.query)["casinoId"] == [CLIENT_ID]
 
     async def test_sends_bidpaw_exactly_the_documented_request(
@@ -176,9 +196,10 @@ class TestOpensASession:
         assert (received.method, received.path) == ("GET", "/api/casino/open-session/")
         assert received.query == (
             b"clientId=casino-42&nick=J%C3%B6hn%20%22%F0%9F%8E%B0%22%20%5C%2F&userId=%C3%9Clrich%207"
+            b"&gameId=game-42"
         )
         headers = dict(received.headers)
-        params = [("clientId", CLIENT_ID), ("nick", NICK), ("userId", "Ülrich 7")]
+        params = [("clientId", CLIENT_ID), ("nick", NICK), ("userId", "Ülrich 7"), ("gameId", GAME_ID)]
         assert headers["sign"] == sign(params=params, secret=SECRET)
         assert headers["content-type"] == "application/json; charset=UTF-8"
 
@@ -187,7 +208,46 @@ class TestOpensASession:
     ) -> None:
         client = await make_client(**bidpaw_settings(sandbox.url))
         assert (await open_session(client, "42", nick="")).status_code == 200
-        assert sandbox.app.state.received[-1].query == b"clientId=casino-42&userId=42"
+        assert sandbox.app.state.received[-1].query == b"clientId=casino-42&userId=42&gameId=game-42"
+
+    async def test_sends_todays_parameters_in_the_contracts_order(
+        self, make_client: ClientFactory, sandbox: Sandbox
+    ) -> None:
+        client = await make_client(**bidpaw_settings(sandbox.url, bidpaw_allowed_countries="de,AT"))
+        response = await open_session(
+            client,
+            "42",
+            nick="n",
+            headers=[(b"X-User-Country", b"de"), (b"X-User-Currency", b"eur")],
+            query=[("lang", "de")],
+        )
+        assert response.status_code == 200, response.text
+        received = sandbox.app.state.received[-1]
+        assert received.query == (
+            b"clientId=casino-42&nick=n&userId=42&lang=de&currency=EUR&country=DE&gameId=game-42"
+            b"&allowedCountries=DE%2CAT"
+        )
+        params = [
+            ("clientId", CLIENT_ID),
+            ("nick", "n"),
+            ("userId", "42"),
+            ("lang", "de"),
+            ("currency", "EUR"),
+            ("country", "DE"),
+            ("gameId", GAME_ID),
+            ("allowedCountries", "DE,AT"),
+        ]
+        assert dict(received.headers)["sign"] == sign(params=params, secret=SECRET)
+        assert urlsplit(response.json()["iframeURL"]).path == "/de/auctions"
+
+    async def test_a_restricted_country_gets_bidpaws_region_restriction_page_as_it_is(
+        self, make_client: ClientFactory, sandbox: Sandbox
+    ) -> None:
+        client = await make_client(**bidpaw_settings(sandbox.url))
+        response = await open_session(client, headers=[(b"X-User-Country", b"us")], query=[("lang", "fr")])
+        assert response.status_code == 200
+        assert response.json() == {"iframeURL": sandbox.app.state.opened[-1].iframe_url}
+        assert urlsplit(response.json()["iframeURL"]).path == "/fr/region-restriction"
 
     async def test_does_not_hold_a_database_connection_while_bidpaw_thinks(
         self, make_client: ClientFactory
@@ -247,15 +307,28 @@ class TestChecksInOrder:
             client = await make_client(**bidpaw_settings(RESPX_API))
             assert (await open_session(client, "ok-1")).json() == {"iframeURL": IFRAME}
 
-    async def test_bidpaw_not_configured_is_503(self, make_client: ClientFactory) -> None:
-        client = await make_client()
-        response = await open_session(client)
+    @pytest.mark.parametrize(
+        "missing",
+        [
+            pytest.param({"bidpaw_api_url": None}, id="nothing"),
+            pytest.param({"bidpaw_game_id": None}, id="no BIDPAW_GAME_ID"),
+            pytest.param({"bidpaw_game_id": ""}, id="empty BIDPAW_GAME_ID"),
+        ],
+    )
+    async def test_bidpaw_not_configured_is_503(
+        self, make_client: ClientFactory, missing: dict[str, Any]
+    ) -> None:
+        with respx.mock(assert_all_called=False) as mock:
+            route = mock.get(host="bidpaw.test").respond(200, json={"iframeURL": IFRAME})
+            client = await make_client(**{**bidpaw_settings(RESPX_API), **missing})
+            response = await open_session(client)
         assert response.status_code == 503
         assert response.json() == problem(
             503,
             "Service Unavailable",
-            "BidPaw is not configured (BIDPAW_API_URL, BIDPAW_CLIENT_ID, BIDPAW_SECRET_KEY)",
+            "BidPaw is not configured (BIDPAW_API_URL, BIDPAW_CLIENT_ID, BIDPAW_SECRET_KEY, BIDPAW_GAME_ID)",
         )
+        assert route.call_count == 0
 
     async def test_a_nick_over_256_characters_is_400(self, make_client: ClientFactory) -> None:
         client = await make_client(**bidpaw_settings(RESPX_API))
@@ -264,13 +337,146 @@ class TestChecksInOrder:
         assert response.headers["content-type"] == PROBLEM
 
 
+COUNTRY_RULE = "X-User-Country must be an ISO 3166-1 alpha-2 code: two letters, e.g. DE"
+CURRENCY_RULE = "X-User-Currency must be one of the 42 currencies BidPaw supports, e.g. EUR"
+LANG_RULE = "lang must be 2 to 8 ASCII letters and hyphens, e.g. en or pt-BR"
+H = list[tuple[bytes, bytes]]
+Q = list[tuple[str, str]]
+
+# Each row: headers and query of a request that must be a 400 with this detail, before BidPaw.
+REFUSED: list[Any] = [
+    pytest.param(
+        [(b"X-User-Country", b"")],
+        [],
+        "X-User-Country must not be empty: leave it out when the value is not known",
+        id="empty country",
+    ),
+    pytest.param([(b"X-User-Country", b"DEU")], [], COUNTRY_RULE, id="three-letter country"),
+    pytest.param([(b"X-User-Country", b"D")], [], COUNTRY_RULE, id="one-letter country"),
+    pytest.param([(b"X-User-Country", b"D1")], [], COUNTRY_RULE, id="digit in country"),
+    pytest.param([(b"X-User-Country", b"D ")], [], COUNTRY_RULE, id="space in country"),
+    pytest.param([(b"X-User-Country", "Dİ".encode())], [], COUNTRY_RULE, id="non-ascii country"),
+    pytest.param([(b"X-User-Country", b"\xff\xfe")], [], COUNTRY_RULE, id="not utf-8 country"),
+    pytest.param(
+        [(b"X-User-Currency", b"")],
+        [],
+        "X-User-Currency must not be empty: leave it out when the value is not known",
+        id="empty currency",
+    ),
+    pytest.param([(b"X-User-Currency", b"XXX")], [], CURRENCY_RULE, id="unsupported currency"),
+    pytest.param([(b"X-User-Currency", b"BTC")], [], CURRENCY_RULE, id="crypto currency"),
+    pytest.param([(b"X-User-Currency", b"EU")], [], CURRENCY_RULE, id="short currency"),
+    pytest.param(
+        [(b"X-User-Currency", "\u0131nr".encode())], [], CURRENCY_RULE, id="dotless i upper-cases to INR"
+    ),
+    pytest.param([(b"X-User-Currency", b"US D")], [], CURRENCY_RULE, id="space in currency"),
+    pytest.param([], [("nick", "a"), ("nick", "b")], "nick must be sent at most once", id="repeated nick"),
+    pytest.param([], [("nick", "x" * 257)], "nick must be at most 256 characters", id="long nick"),
+    pytest.param([], [("lang", "e")], LANG_RULE, id="short lang"),
+    pytest.param([], [("lang", "abcdefghi")], LANG_RULE, id="long lang"),
+    pytest.param([], [("lang", "en_US")], LANG_RULE, id="underscore lang"),
+    pytest.param([], [("lang", "\u0440\u0443")], LANG_RULE, id="non-ascii lang"),
+    pytest.param([], [("lang", "de"), ("lang", "fr")], "lang must be sent at most once", id="repeated lang"),
+    pytest.param(
+        [], [("lang", "de"), ("lang", "")], "lang must be sent at most once", id="repeated lang, one empty"
+    ),
+    # Several at once: the first in the contract's order decides.
+    pytest.param(
+        [(b"X-User-Country", b"1"), (b"X-User-Currency", b"XXX")],
+        [("lang", "x")],
+        COUNTRY_RULE,
+        id="country first",
+    ),
+    pytest.param(
+        [(b"X-User-Currency", b"XXX")],
+        [("nick", "x" * 257), ("lang", "x")],
+        CURRENCY_RULE,
+        id="currency before nick",
+    ),
+    pytest.param(
+        [], [("lang", "x"), ("nick", "x" * 257)], "nick must be at most 256 characters", id="nick before lang"
+    ),
+]
+
+
+class TestTodaysValidation:
+    @pytest.mark.parametrize(("headers", "query", "detail"), REFUSED)
+    async def test_bad_input_is_400_before_the_block_check_and_bidpaw(
+        self, make_client: ClientFactory, engine: AsyncEngine, headers: H, query: Q, detail: str
+    ) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO players (user_id, blocked, updated_at) VALUES ('bad-1', true, now())")
+            )
+        with respx.mock(assert_all_called=False) as mock:
+            route = mock.get(host="bidpaw.test").respond(200, json={"iframeURL": IFRAME})
+            for settings in (bidpaw_settings(RESPX_API), {}):  # before the block (403) and the 503
+                client = await make_client(**settings)
+                response = await open_session(client, "bad-1", headers=headers, query=query)
+                assert response.status_code == 400, response.text
+                assert response.headers["content-type"] == PROBLEM
+                assert response.json() == problem(400, "Bad Request", detail)
+        assert route.call_count == 0
+
+    async def test_the_user_id_is_checked_before_country_and_currency(
+        self, make_client: ClientFactory
+    ) -> None:
+        client = await make_client(**bidpaw_settings(RESPX_API))
+        response = await client.get(
+            "/bidpaw/open-session",
+            headers={**GATEWAY_HEADERS, "X-User-Country": "1", "X-User-Currency": "XXX"},
+        )
+        assert response.json() == problem(400, "Bad Request", "missing X-User-Id header")
+
+    async def test_the_gateway_key_is_checked_first(self, make_client: ClientFactory) -> None:
+        client = await make_client(**bidpaw_settings(RESPX_API))
+        response = await open_session(client, authorized=False, headers=[(b"X-User-Country", b"1")])
+        assert response.status_code == 401
+
+    @pytest.mark.parametrize("currency", sorted(CURRENCIES))
+    async def test_each_of_bidpaws_42_currencies_in_any_case_goes_out_upper_case(
+        self, make_client: ClientFactory, currency: str
+    ) -> None:
+        with respx.mock(assert_all_called=False) as mock:
+            route = mock.get(host="bidpaw.test").respond(200, json={"iframeURL": IFRAME})
+            client = await make_client(**bidpaw_settings(RESPX_API))
+            response = await open_session(client, headers=[(b"X-User-Currency", currency.lower().encode())])
+        assert response.status_code == 200
+        assert parse_qs(route.calls[0].request.url.query.decode())["currency"] == [currency]
+
+    def test_the_list_is_bidpaws_42(self) -> None:
+        assert len(CURRENCIES) == 42
+        assert all(code.isascii() and code.isupper() and code.isalpha() for code in CURRENCIES)
+
+    @pytest.mark.parametrize("lang", ["en", "pt-BR", "zh-Hant", "--", "ABCDEFGH"])
+    async def test_lang_is_passed_as_given(self, make_client: ClientFactory, lang: str) -> None:
+        with respx.mock(assert_all_called=False) as mock:
+            route = mock.get(host="bidpaw.test").respond(200, json={"iframeURL": IFRAME})
+            client = await make_client(**bidpaw_settings(RESPX_API))
+            assert (await open_session(client, query=[("lang", lang)])).status_code == 200
+        assert parse_qs(route.calls[0].request.url.query.decode())["lang"] == [lang]
+
+    async def test_an_empty_lang_or_nick_is_absent(self, make_client: ClientFactory) -> None:
+        with respx.mock(assert_all_called=False) as mock:
+            route = mock.get(host="bidpaw.test").respond(200, json={"iframeURL": IFRAME})
+            client = await make_client(**bidpaw_settings(RESPX_API))
+            response = await open_session(client, "42", query=[("lang", ""), ("nick", "")])
+            assert response.status_code == 200
+        assert route.calls[0].request.url.query == b"clientId=casino-42&userId=42&gameId=game-42"
+
+
 HTML = b"<!doctype html><html><body>502 Bad Gateway</body></html>"
 NOT_JSON = "BidPaw's answer is not JSON"
 NO_FIELD = "BidPaw's answer has no iframeURL string"
 NOT_HTTPS = "BidPaw's iframeURL is not an absolute https URL"
 OVERSIZE = b'{"iframeURL": "https://lobby.bidpaw.test/", "pad": "' + b"x" * MAX_BODY_BYTES + b'"}'
 UPSTREAM_FAILURES = [
-    pytest.param(400, json.dumps(NOT_VALID).encode(), "BidPaw rejected the request (HTTP 400)", id="4xx"),
+    pytest.param(
+        400,
+        json.dumps(bidpaw_error(SIGNATURE_INVALID)).encode(),
+        "BidPaw rejected the request (HTTP 400)",
+        id="4xx",
+    ),
     pytest.param(404, b"", "BidPaw rejected the request (HTTP 404)", id="404"),
     pytest.param(500, b"", "BidPaw failed (HTTP 500)", id="5xx"),
     pytest.param(503, HTML, "BidPaw failed (HTTP 503)", id="503 html"),
@@ -432,3 +638,106 @@ class TestLogs:
         assert all("[redacted]" not in json.dumps(line) for line in calls)  # nothing needed masking
         leaked = {secret for secret in forbidden if secret in output}
         assert leaked == set()
+
+
+async def bidpaw_sessions(engine: AsyncEngine) -> list[dict[str, Any]]:
+    async with engine.connect() as conn:
+        rows = await conn.execute(text("SELECT * FROM bidpaw_sessions ORDER BY id"))
+        return [dict(row._mapping) for row in rows]
+
+
+class TestSessionRecord:
+    async def test_every_200_records_the_player_game_currency_and_session_never_the_token(
+        self, make_client: ClientFactory, sandbox: Sandbox, engine: AsyncEngine
+    ) -> None:
+        client = await make_client(**bidpaw_settings(sandbox.url))
+        first = await open_session(client, "Ülrich 7", headers=[(b"X-User-Currency", b"eur")])
+        first_opened = sandbox.app.state.opened[-1]
+        second = await open_session(client, "Ülrich 7")
+        second_opened = sandbox.app.state.opened[-1]
+        assert (first.status_code, second.status_code) == (200, 200)
+        rows = await bidpaw_sessions(engine)
+        assert [(r["user_id"], r["game_id"], r["currency"], r["session"]) for r in rows] == [
+            ("Ülrich 7", GAME_ID, "EUR", first_opened.session),
+            ("Ülrich 7", GAME_ID, None, second_opened.session),
+        ]
+        for row in rows:
+            assert row["created_at"] == row["last_used_at"]
+            assert abs((row["created_at"] - utc_now()).total_seconds()) < 60
+        tokens = [parse_qs(urlsplit(r.json()["iframeURL"]).query)["token"][0] for r in (first, second)]
+        stored = json.dumps(rows, default=str)
+        assert not any(token in stored for token in tokens)
+        assert first_opened.session != second_opened.session
+
+    async def test_an_iframe_url_without_a_session_is_recorded_without_one(
+        self, make_client: ClientFactory, engine: AsyncEngine
+    ) -> None:
+        with respx.mock(assert_all_called=False) as mock:
+            mock.get(host="bidpaw.test").respond(
+                200, json={"iframeURL": "https://lobby.bidpaw.test/a?token=t"}
+            )
+            client = await make_client(**bidpaw_settings(RESPX_API))
+            assert (await open_session(client, "p-9")).status_code == 200
+        assert [(r["user_id"], r["session"]) for r in await bidpaw_sessions(engine)] == [("p-9", None)]
+
+    async def test_no_failure_is_recorded(
+        self, make_client: ClientFactory, sandbox: Sandbox, engine: AsyncEngine
+    ) -> None:
+        async with engine.begin() as conn:
+            await conn.execute(
+                text("INSERT INTO players (user_id, blocked, updated_at) VALUES ('bad-1', true, now())")
+            )
+        good = await make_client(**bidpaw_settings(sandbox.url))
+        assert (await open_session(good, headers=[(b"X-User-Currency", b"XXX")])).status_code == 400
+        assert (await open_session(good, "bad-1")).status_code == 403
+        assert (await open_session(await make_client())).status_code == 503
+        wrong = await make_client(**bidpaw_settings(sandbox.url, secret="another-secret-0002"))
+        assert (await open_session(wrong)).status_code == 502
+        with respx.mock(assert_all_called=False) as mock:
+            mock.get(host="bidpaw.test").respond(200, json={"iframeURL": "javascript:alert(1)"})
+            assert (await open_session(await make_client(**bidpaw_settings(RESPX_API)))).status_code == 502
+        async with raw_server(never_answers) as (url, _):
+            slow = await make_client(**bidpaw_settings(url, timeout=0.5))
+            assert (await open_session(slow)).status_code == 504
+        assert await bidpaw_sessions(engine) == []
+
+
+async def tamper(request: httpx.Request, *, drop: str | None = None, header: str | None = None) -> None:
+    """What a broken proxy between us and BidPaw might do: drop a parameter or a header."""
+    if header is not None:
+        del request.headers[header]
+    if drop is not None:
+        kept = [part for part in request.url.query.split(b"&") if not part.startswith(drop.encode() + b"=")]
+        request.url = request.url.copy_with(query=b"&".join(kept))
+
+
+class TestBidPawsReasonsReachTheLogLine:
+    @pytest.mark.parametrize(
+        ("hook", "secret", "message"),
+        [
+            pytest.param({"drop": "gameId"}, SECRET, "Required parameters missing: gameId", id="missing"),
+            pytest.param({"header": "sign"}, SECRET, MISSING_SIGN, id="no sign"),
+            pytest.param({}, "another-secret-0002", SIGNATURE_INVALID, id="bad sign"),
+        ],
+    )
+    async def test_each_of_bidpaws_400_messages_and_nothing_secret(
+        self,
+        make_client: ClientFactory,
+        sandbox: Sandbox,
+        json_logs: Callable[[], str],
+        hook: dict[str, str],
+        secret: str,
+        message: str,
+    ) -> None:
+        client = await make_client(**bidpaw_settings(sandbox.url, secret=secret))
+        http: httpx.AsyncClient = app_of(client).state.bidpaw._http
+        http.event_hooks = {"request": [lambda request: tamper(request, **hook)]}
+        response = await open_session(client, headers=[(b"X-User-Currency", b"EUR")], query=[("lang", "de")])
+        assert response.status_code == 502
+        assert response.json() == bad_gateway("BidPaw rejected the request (HTTP 400)")
+        output = json_logs()
+        (line,) = [json.loads(line) for line in output.splitlines() if '"bidpaw.open_session"' in line]
+        assert (line["outcome"], line["bidpaw_status"], line["bidpaw_message"]) == ("rejected", 400, message)
+        assert line["detail"] == "BidPaw rejected the request (HTTP 400)"
+        for forbidden in (SECRET, "another-secret-0002", *sandbox.signs()):
+            assert forbidden not in output

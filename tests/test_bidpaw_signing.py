@@ -22,6 +22,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from partner_gateway.bidpaw.client import open_session_params
 from partner_gateway.bidpaw.signing import js_object, message, sign, verify
 
 DATA = Path(__file__).parent / "data"
@@ -68,6 +69,23 @@ class TestMatchesBidPawsJavaScriptSample:
         assert any(ord(char) > 0x7F for vector in INPUTS for char in vector["secret"])
         assert any("\x00" in vector["params"].get("nick", "") for vector in INPUTS)
 
+    def test_the_vectors_cover_todays_parameters_in_the_order_the_client_sends_them(self) -> None:
+        full = next(vector for vector in INPUTS if vector["name"].startswith("today's parameters, every one"))
+        sent = open_session_params(
+            client_id="casino-42",
+            nick="john",
+            user_id="player-1",
+            lang="pt-BR",
+            currency="eur",
+            country="de",
+            game_id="game-7",
+            allowed_countries=["us", "GB", "De"],
+        )
+        assert sent == list(full["params"].items())
+        names = {name for vector in INPUTS for name in vector["params"]}
+        assert {"lang", "currency", "country", "gameId", "allowedCountries"} <= names
+        assert any("\ud800" in vector["params"].get("gameId", "") for vector in INPUTS)
+
 
 class TestFollowsJavaScriptSemantics:
     def test_pairs_and_a_mapping_sign_alike(self) -> None:
@@ -108,6 +126,40 @@ class TestProperties:
     @given(st.dictionaries(names, st.text(), max_size=5))
     def test_the_message_is_json_that_decodes_to_the_params(self, params: dict[str, str]) -> None:
         assert json.loads(message(params=params)) == params
+
+    @given(
+        user_id=st.text(min_size=1),
+        nick=st.none() | st.text(),
+        game_id=st.text(min_size=1),
+        lang=st.none() | st.from_regex(r"[A-Za-z-]{2,8}", fullmatch=True),
+        currency=st.none() | st.sampled_from(["EUR", "usdt", "Jpy"]),
+        country=st.none() | st.from_regex(r"[A-Za-z]{2}", fullmatch=True),
+        allowed=st.lists(st.from_regex(r"[A-Za-z]{2}", fullmatch=True), max_size=3),
+    )
+    def test_todays_parameters_are_signed_in_the_order_sent(
+        self,
+        user_id: str,
+        nick: str | None,
+        game_id: str,
+        lang: str | None,
+        currency: str | None,
+        country: str | None,
+        allowed: list[str],
+    ) -> None:
+        # No parameter name is an array index, so JavaScript keeps the sending order.
+        params = open_session_params(
+            client_id="c",
+            user_id=user_id,
+            nick=nick,
+            game_id=game_id,
+            lang=lang,
+            currency=currency,
+            country=country,
+            allowed_countries=allowed,
+        )
+        expected = json.dumps(dict(params), ensure_ascii=False, separators=(",", ":"))
+        assert message(params=params) == expected
+        assert list(json.loads(message(params=params))) == [name for name, _ in params]
 
     @given(st.dictionaries(names, st.text(), max_size=5))
     def test_without_lone_surrogates_it_equals_compact_json_dumps(self, params: dict[str, str]) -> None:

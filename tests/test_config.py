@@ -22,10 +22,14 @@ REQUIRED = {
 }
 
 
+BIDPAW_TODAY = ("BIDPAW_CLIENT_ID", "BIDPAW_SECRET_KEY", "BIDPAW_GAME_ID", "BIDPAW_ALLOWED_COUNTRIES")
+
+
 @pytest.fixture
 def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
     monkeypatch.chdir(tmp_path)  # no .env of the developer's
-    for name in [*REQUIRED, "DATA_DIR", "BETLINK_USER_ID_KEY", "BIDPAW_API_URL"]:
+    wallet = ["BIDPAW_CALLBACK_SECRET", "WALLET_SECRET", "WALLET_URL"]
+    for name in [*REQUIRED, "DATA_DIR", "BETLINK_USER_ID_KEY", "BIDPAW_API_URL", *BIDPAW_TODAY, *wallet]:
         monkeypatch.delenv(name, raising=False)
     for name, value in REQUIRED.items():
         monkeypatch.setenv(name, value)
@@ -61,6 +65,11 @@ class TestExternalDatabase:
             ("BETLINK_SESSION_TTL_SECONDS", "-5"),
             ("DB_TIMEOUT_SECONDS", "soon"),
             ("BIDPAW_API_URL", "ftp://bidpaw"),
+            ("BIDPAW_ALLOWED_COUNTRIES", "USA"),
+            ("BIDPAW_ALLOWED_COUNTRIES", "US;GB"),
+            ("BIDPAW_ALLOWED_COUNTRIES", "US,,GB"),
+            ("BIDPAW_ALLOWED_COUNTRIES", "U1"),
+            ("BIDPAW_ALLOWED_COUNTRIES", "D\u0130"),
             ("LOG_FORMAT", "xml"),
             ("DB_POOLER", "pgpool"),
         ],
@@ -85,6 +94,41 @@ class TestExternalDatabase:
         ]
 
 
+class TestBidPawSettings:
+    def test_allowed_countries_are_upper_cased_and_trimmed(self, env: pytest.MonkeyPatch) -> None:
+        env.setenv("BIDPAW_ALLOWED_COUNTRIES", " us, Gb ,DE")
+        assert load_settings()[0].bidpaw_allowed_countries == ["US", "GB", "DE"]
+
+    @pytest.mark.parametrize("value", [None, "", "  "])
+    def test_no_allowed_countries_is_an_empty_list(self, env: pytest.MonkeyPatch, value: str | None) -> None:
+        if value is not None:
+            env.setenv("BIDPAW_ALLOWED_COUNTRIES", value)
+        assert load_settings()[0].bidpaw_allowed_countries == []
+
+    def test_bidpaw_is_configured_only_with_a_game_id(self, env: pytest.MonkeyPatch) -> None:
+        env.setenv("BIDPAW_API_URL", "https://bidpaw.example")
+        env.setenv("BIDPAW_CLIENT_ID", "casino-1")
+        env.setenv("BIDPAW_SECRET_KEY", "secret-1")
+        assert not load_settings()[0].bidpaw_configured
+        env.setenv("BIDPAW_GAME_ID", "")
+        assert not load_settings()[0].bidpaw_configured
+        env.setenv("BIDPAW_GAME_ID", "game-1")
+        assert load_settings()[0].bidpaw_configured
+
+    def test_serve_with_a_malformed_country_list_prints_one_line_and_exits_2(
+        self, env: pytest.MonkeyPatch
+    ) -> None:
+        env.setenv("BIDPAW_ALLOWED_COUNTRIES", "US,Great Britain")
+        result = subprocess.run(
+            [sys.executable, "-m", "partner_gateway", "serve"], capture_output=True, text=True, timeout=60
+        )
+        assert result.returncode == 2
+        assert result.stderr.strip().splitlines() == [
+            "partner-gateway: configuration error: BIDPAW_ALLOWED_COUNTRIES: Value error, must be "
+            "comma-separated ISO 3166-1 alpha-2 codes, e.g. US,GB"
+        ]
+
+
 class TestLocalMode:
     def test_generates_keys_once_and_reuses_them(self, env: pytest.MonkeyPatch, tmp_path: Path) -> None:
         for name in REQUIRED:
@@ -92,7 +136,13 @@ class TestLocalMode:
         env.setenv("DATA_DIR", str(tmp_path / "data"))
         first, generated = load_settings(local=True)
         second, again = load_settings(local=True)
-        assert set(generated) == {"GATEWAY_API_KEYS", "BETLINK_API_KEYS", "DATA_ENCRYPTION_KEY"}
+        assert set(generated) == {
+            "GATEWAY_API_KEYS",
+            "BETLINK_API_KEYS",
+            "DATA_ENCRYPTION_KEY",
+            "BIDPAW_CALLBACK_SECRET",
+            "WALLET_SECRET",
+        }
         assert again == generated
         assert first.gateway_api_keys == second.gateway_api_keys
         assert first.betlink_operator_id == "local-operator"
@@ -105,8 +155,11 @@ class TestLocalMode:
     ) -> None:
         env.delenv("DATABASE_URL")
         env.setenv("DATA_DIR", str(tmp_path / "data"))
+        env.setenv("BIDPAW_CALLBACK_SECRET", "cb-operator")
+        env.setenv("WALLET_SECRET", "ws-operator")
         settings, generated = load_settings(local=True)
         assert generated == {}
+        assert settings.wallet_secret[0].get_secret_value() == "ws-operator"
         assert settings.betlink_operator_id == "op"
 
 

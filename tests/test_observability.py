@@ -53,6 +53,7 @@ class TestLogs:
             "bidpaw_api_url": BIDPAW_URL,
             "bidpaw_client_id": "casino-1",
             "bidpaw_secret_key": BIDPAW_SECRET,
+            "bidpaw_game_id": "game-1",
         }
         client = await make_client(**bidpaw)
         redactor.register([BIDPAW_SECRET])

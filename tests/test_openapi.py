@@ -23,6 +23,7 @@ GATEWAY_OPERATIONS = {
 }
 BETLINK_OPERATIONS = {("post", "/betlink/authenticate")}
 OPEN_OPERATIONS = {("get", "/healthz"), ("get", "/readyz"), ("get", "/metrics")}
+BIDPAW_OPERATIONS = {("get", "/bidpaw/wallet"), ("post", "/bidpaw/wallet")}  # signed with `sign`
 
 
 @pytest.fixture(scope="module")
@@ -60,7 +61,7 @@ class TestValidity:
 
     def test_describes_every_operation_of_the_contract(self, spec: dict[str, Any]) -> None:
         described = {(method, path) for method, path, _ in operations(spec)}
-        assert described == GATEWAY_OPERATIONS | BETLINK_OPERATIONS | OPEN_OPERATIONS
+        assert described == GATEWAY_OPERATIONS | BETLINK_OPERATIONS | OPEN_OPERATIONS | BIDPAW_OPERATIONS
 
 
 class TestSecurity:
@@ -103,6 +104,29 @@ class TestHeaders:
                 "maxLength": 128,
                 "title": "Player id",
             }
+
+    def test_open_session_describes_todays_headers_and_query_with_examples(
+        self, spec: dict[str, Any]
+    ) -> None:
+        operation = spec["paths"]["/bidpaw/open-session"]["get"]
+        country = header(operation, "X-User-Country")
+        currency = header(operation, "X-User-Currency")
+        assert (country["required"], country["example"], country["schema"]["pattern"]) == (
+            False,
+            "DE",
+            "^[A-Za-z]{2}$",
+        )
+        assert (currency["required"], currency["example"]) == (False, "EUR")
+        assert len(currency["schema"]["enum"]) == 42
+        assert "USDT" in currency["schema"]["enum"]
+        query = {p["name"]: p for p in operation["parameters"] if p["in"] == "query"}
+        assert set(query) == {"nick", "lang"}
+        assert query["lang"]["schema"]["pattern"] == "^[A-Za-z-]{2,8}$"
+        assert query["lang"]["example"] == "de"
+        assert query["nick"]["schema"]["maxLength"] == 256
+        assert all(p.get("example") and p.get("description") for p in operation["parameters"])
+        names = [(p["in"], p["name"]) for p in operation["parameters"]]
+        assert len(names) == len(set(names))
 
     def test_idempotency_key_is_a_required_uuid(self, spec: dict[str, Any]) -> None:
         key = header(spec["paths"]["/betlink/authenticate"]["post"], "X-Idempotency-Key")

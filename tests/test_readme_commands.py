@@ -45,7 +45,10 @@ def service(database_url: str) -> Iterator[str]:
     sandbox_port, port = free_port(), free_port()
     bidpaw = {"BIDPAW_CLIENT_ID": "casino-1", "BIDPAW_SECRET_KEY": "sandbox-secret"}
     sandbox = bidpaw_sandbox(
-        sandbox_port, client_id=bidpaw["BIDPAW_CLIENT_ID"], secret_key=bidpaw["BIDPAW_SECRET_KEY"]
+        sandbox_port,
+        client_id=bidpaw["BIDPAW_CLIENT_ID"],
+        secret_key=bidpaw["BIDPAW_SECRET_KEY"],
+        restricted_countries="US",  # as the README starts it
     )
     started = time.monotonic()
     proc = serve(
@@ -56,6 +59,7 @@ def service(database_url: str) -> Iterator[str]:
         BIDPAW_API_URL=f"http://127.0.0.1:{sandbox_port}",
         BIDPAW_CLIENT_ID=bidpaw["BIDPAW_CLIENT_ID"],
         BIDPAW_SECRET_KEY=bidpaw["BIDPAW_SECRET_KEY"],
+        BIDPAW_GAME_ID="game-1",
     )
     try:
         wait_listening(f"http://127.0.0.1:{sandbox_port}", sandbox)
@@ -117,8 +121,17 @@ class TestTryIt:
 
     def test_the_bidpaw_walkthrough_answers_as_shown(self, service: str) -> None:
         block = next(b for b in sh_blocks() if "bidpaw/open-session" in b)
-        curl = block[block.index("curl -s -G") :]
-        (got,) = answers(run(curl, service))
-        assert list(got) == ["iframeURL"]
-        assert str(got["iframeURL"]).startswith("https://sandbox.bidpaw.invalid/auctions?token=")
-        assert str(got["iframeURL"]).endswith("&casinoId=casino-1")
+        assert "--restricted-countries US" in block
+        assert "BIDPAW_GAME_ID=game-1" in block
+        curls = block[block.index("curl -s -w '\\n' -G") :]
+        shown = [line[2:] for line in curls.splitlines() if line.startswith("# {")]
+        got = answers(run(curls, service))
+        assert len(got) == len(shown) == 3
+        for answer, expected in zip(got, shown, strict=True):
+            if "..." not in expected:
+                assert answer == json.loads(expected)
+                continue
+            start, end = expected.split("...", 1)[0], expected.rsplit("...", 1)[1]
+            assert list(answer) == ["iframeURL"]
+            assert json.dumps(answer, separators=(",", ":")).startswith(start), (answer, start)
+            assert json.dumps(answer, separators=(",", ":")).endswith(end), (answer, end)

@@ -56,6 +56,43 @@ class TestGatewayHeaders:
         assert response.status_code == 401
         assert response.json() == _problem(401, "Authorization must be sent exactly once")
 
+    @pytest.mark.parametrize("name", ["X-User-Country", "X-User-Currency"])
+    @pytest.mark.parametrize(("method", "path"), GATEWAY_ROUTES)
+    async def test_a_second_country_or_currency_is_400_on_every_gateway_route(
+        self, client: httpx.AsyncClient, method: str, path: str, name: str
+    ) -> None:
+        # Two copies, even two equal valid ones: which one the gateway verified is unknown.
+        headers = [BEARER, ("X-User-Id", "p1"), (name, "DE" if "Country" in name else "EUR")]
+        response = await _send(client, method, path, [*headers, headers[-1]])
+        assert response.status_code == 400
+        assert response.json() == _problem(400, f"{name} must be sent exactly once")
+
+    @pytest.mark.parametrize(
+        ("repeated", "detail"),
+        [
+            (["Authorization", "X-User-Id", "X-User-Country", "X-User-Currency"], None),
+            (["X-User-Id", "X-User-Country", "X-User-Currency"], "X-User-Id must be sent exactly once"),
+            (["X-User-Country", "X-User-Currency"], "X-User-Country must be sent exactly once"),
+        ],
+    )
+    async def test_in_the_contracts_order_before_the_key_and_the_values(
+        self, client: httpx.AsyncClient, repeated: list[str], detail: str | None
+    ) -> None:
+        values = {
+            "Authorization": "Bearer wrong",
+            "X-User-Id": "p1",
+            "X-User-Country": "1",
+            "X-User-Currency": "X",
+        }
+        headers = [
+            (name, value) for name, value in values.items() for _ in range(2 if name in repeated else 1)
+        ]
+        response = await _send(client, "GET", "/bidpaw/open-session", headers)
+        if detail is None:
+            assert response.json() == _problem(401, "Authorization must be sent exactly once")
+        else:
+            assert response.json() == _problem(400, detail)
+
     async def test_checked_before_the_key_itself(self, client: httpx.AsyncClient) -> None:
         headers = [("Authorization", "Bearer wrong"), ("X-User-Id", "a"), ("X-User-Id", "b")]
         response = await _send(client, "POST", "/betlink/session", headers)

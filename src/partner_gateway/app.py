@@ -12,14 +12,19 @@ from partner_gateway import errors, ops, players
 from partner_gateway.apidocs import install_docs_pages
 from partner_gateway.betlink import endpoints as betlink
 from partner_gateway.bidpaw import endpoints as bidpaw
+from partner_gateway.bidpaw import wallet as bidpaw_wallet
 from partner_gateway.bidpaw.client import BidPawClient
 from partner_gateway.config import Settings
 from partner_gateway.db import create_database
+from partner_gateway.logs import get_logger
 from partner_gateway.metrics import POOL
 from partner_gateway.middleware import RequestContextMiddleware
 from partner_gateway.openapi import install_openapi
 from partner_gateway.security import Sealer, UserIdCipher
 from partner_gateway.tracing import Tracing, setup_tracing
+from partner_gateway.wallet.client import WalletClient
+
+logger = get_logger(__name__)
 
 
 def _bidpaw_http(settings: Settings) -> httpx.AsyncClient:
@@ -28,6 +33,22 @@ def _bidpaw_http(settings: Settings) -> httpx.AsyncClient:
         follow_redirects=False,
         timeout=httpx.Timeout(settings.bidpaw_timeout_seconds),
         limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+    )
+
+
+def _wallet(settings: Settings) -> WalletClient | None:
+    """The casino's wallet (WALLET_URL): its own pool, so BidPaw's calls never wait behind it."""
+    if not settings.wallet_configured:
+        return None
+    assert settings.wallet_url is not None
+    http = httpx.AsyncClient(
+        follow_redirects=False,
+        timeout=httpx.Timeout(settings.wallet_timeout_seconds),
+        limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+        headers={"Accept": "application/json"},
+    )
+    return WalletClient(
+        http, url=settings.wallet_url, secrets=settings.wallet_secret, timeout=settings.wallet_timeout_seconds
     )
 
 
@@ -47,11 +68,21 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI
             tracing.instrument_client(http)
         app.state.database = database
         app.state.bidpaw = BidPawClient(http, settings=settings) if settings.bidpaw_configured else None
+        app.state.wallet = wallet = _wallet(settings)
+        if settings.bidpaw_callback_signature == "off":
+            logger.warning(
+                "BIDPAW_CALLBACK_SIGNATURE=off: BidPaw's wallet callbacks are accepted unsigned; "
+                "the proxy in front must allow only BidPaw's addresses on /bidpaw/wallet"
+            )
+        if tracing is not None and wallet is not None:
+            tracing.instrument_client(wallet.http)
         POOL.track(database.pool)
         try:
             yield
         finally:
             await http.aclose()
+            if wallet is not None:
+                await wallet.http.aclose()
             await database.close()
 
     app = FastAPI(
@@ -76,7 +107,7 @@ def create_app(settings: Settings, *, tracing: Tracing | None = None) -> FastAPI
     if settings.docs_enabled:
         install_docs_pages(app)
     app.add_middleware(RequestContextMiddleware, max_body_bytes=settings.max_body_bytes)
-    for router in (betlink.router, bidpaw.router, players.router, ops.router):
+    for router in (betlink.router, bidpaw.router, bidpaw_wallet.router, players.router, ops.router):
         app.include_router(router)
     if tracing is not None:
         tracing.instrument_app(app)

@@ -1,4 +1,5 @@
-"""`partner-gateway serve | migrate | purge | bidpaw-sandbox`: the entry points of the contract.
+"""`partner-gateway serve | migrate | purge | reconcile | wallet-report | bidpaw-sandbox`: the entry
+points of the contract.
 
 Local mode (an embedded PostgreSQL and generated keys, for development) runs only when asked
 for with `--local`; without it and without DATABASE_URL, every command refuses to start.
@@ -23,8 +24,19 @@ from typing import Any
 from pydantic import SecretStr
 
 from partner_gateway.certify import command as certify
-from partner_gateway.config import LOCAL_SECRETS_FILE, ConfigError, Settings, load_settings, read_settings
-from partner_gateway.logs import get_logger, setup_logging
+from partner_gateway.config import (
+    COUNTRY_CODE,
+    LOCAL_SECRETS_FILE,
+    LOCAL_WALLET_PORT_OFFSET,
+    LOCAL_WALLET_URL,
+    ConfigError,
+    Settings,
+    load_settings,
+    read_settings,
+    with_local_defaults,
+)
+from partner_gateway.logs import get_logger, redactor, setup_logging
+from partner_gateway.wallet import sandbox as wallet_sandbox_command
 
 logger = get_logger("partner_gateway.cli")
 
@@ -149,7 +161,10 @@ def serve(
     require_free_port(host, port)
     signal.signal(signal.SIGTERM, _exit_on_sigterm)
     options = uvicorn_options(settings)
-    with database(settings, local=local) as bound:
+    with (
+        database(settings, local=local) as migrated,
+        _local_wallet(migrated, local=local, port=port) as bound,
+    ):
         secrets_file = settings.data_dir.resolve() / LOCAL_SECRETS_FILE
         _announce(generated, secrets_file=secrets_file, host=host, port=port)
         if workers == 1:
@@ -167,6 +182,48 @@ def serve(
                 workers=workers,
                 **options,
             )
+
+
+LOCAL_WALLET_STARTING_BALANCE = 100_000
+
+
+@contextmanager
+def _local_wallet(settings: Settings, *, local: bool, port: int) -> Iterator[Settings]:
+    """Local mode without WALLET_URL: the sandbox wallet, in a thread, on the port after serve's,
+    so BidPaw's wallet callbacks move (play) money right after the quickstart."""
+    if not local or settings.wallet_url is not None:
+        yield settings
+        return
+    import threading
+    import time
+
+    import uvicorn
+
+    from partner_gateway.wallet.sandbox import create_app as wallet_app
+
+    wallet_port = port + LOCAL_WALLET_PORT_OFFSET
+    require_free_port("127.0.0.1", wallet_port)
+    keys = [key.get_secret_value() for key in settings.wallet_secret]
+    app = wallet_app(secrets=keys, starting_balance=LOCAL_WALLET_STARTING_BALANCE)
+    config = uvicorn.Config(
+        app, host="127.0.0.1", port=wallet_port, log_config=None, access_log=False, lifespan="off"
+    )
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="local-wallet-sandbox", daemon=True)
+    thread.start()
+    while not server.started and thread.is_alive():
+        time.sleep(0.02)
+    url = f"http://127.0.0.1:{wallet_port}"
+    logger.warning(
+        "local mode: BidPaw's wallet callbacks move money in a sandbox wallet",
+        wallet_url=url,
+        starting_balance=LOCAL_WALLET_STARTING_BALANCE,
+    )
+    try:
+        yield settings.model_copy(update={"wallet_url": url})
+    finally:
+        server.should_exit = True
+        thread.join(timeout=5)
 
 
 @contextmanager
@@ -195,7 +252,17 @@ def _as_environment(settings: Settings) -> dict[str, str]:
         "DATA_ENCRYPTION_KEY": _joined(settings.data_encryption_key),
         "BETLINK_OPERATOR_ID": settings.betlink_operator_id,
         "BETLINK_REDIRECT_URL": settings.betlink_redirect_url,
+        **_wallet_environment(settings),
     }
+
+
+def _wallet_environment(settings: Settings) -> dict[str, str]:
+    values = {
+        "BIDPAW_CALLBACK_SECRET": _joined(settings.bidpaw_callback_secret),
+        "WALLET_SECRET": _joined(settings.wallet_secret),
+        "WALLET_URL": settings.wallet_url or "",
+    }
+    return {name: value for name, value in values.items() if value}
 
 
 def _joined(keys: list[SecretStr]) -> str:
@@ -230,7 +297,9 @@ def purge(settings: Settings, *, local: bool, batch: int, every: float | None) -
             purged = await purge_expired(database, settings=settings, now=utc_now(), batch=batch)
         finally:
             await database.close()
-        logger.info("purge.done", keys=purged.keys, sessions=purged.sessions)
+        logger.info(
+            "purge.done", keys=purged.keys, sessions=purged.sessions, bidpaw_sessions=purged.bidpaw_sessions
+        )
 
     async def forever(url: str, every: float) -> None:
         stop = asyncio.Event()
@@ -262,8 +331,91 @@ def purge(settings: Settings, *, local: bool, batch: int, every: float | None) -
             asyncio.run(once(url))
 
 
-def bidpaw_sandbox(settings: Settings, *, host: str, port: int) -> None:
+def _wallet_client(settings: Settings) -> Any:
+    from partner_gateway.app import _wallet
+
+    wallet = _wallet(settings)
+    if wallet is None:
+        raise ConfigError("WALLET_URL and WALLET_SECRET are required (the casino's wallet)")
+    return wallet
+
+
+def reconcile(settings: Settings, *, local: bool, every: float | None) -> None:
+    import asyncio
+
+    from partner_gateway.db import create_database, describe_failure
+    from partner_gateway.wallet.operations import log_tally, reconcile_every
+    from partner_gateway.wallet.transactions import reconcile as reconcile_once
+
+    deadline = settings.bidpaw_wallet_deadline_seconds
+
+    async def run(url: str) -> None:
+        database, wallet = create_database(settings, url), _wallet_client(settings)
+        stop = asyncio.Event()
+        try:
+            if every is None:
+                log_tally(await reconcile_once(database, wallet, deadline_seconds=deadline))
+                return
+            loop = asyncio.get_running_loop()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(signum, stop.set)
+            logger.info("reconcile.started", every_s=every)
+            await reconcile_every(
+                database,
+                wallet,
+                deadline_seconds=deadline,
+                every=every,
+                stop=stop,
+                on_failure=lambda exc: describe_failure(exc, url),
+            )
+            logger.info("reconcile.stopped")
+        finally:
+            await wallet.http.aclose()
+            await database.close()
+
+    if local and settings.wallet_url is None:
+        settings = settings.model_copy(update={"wallet_url": LOCAL_WALLET_URL})
+    _wallet_client(settings)  # a missing wallet setting is one line before anything starts
+    with database(settings, local=local) as bound:
+        url = bound.database_url
+        assert url is not None
+        with reported_failures(url):
+            asyncio.run(run(url))
+
+
+def wallet_report(settings: Settings, *, local: bool, start: str, end: str, format: str) -> None:
+    import asyncio
+
+    from partner_gateway.db import create_database
+    from partner_gateway.wallet.operations import parse_when
+    from partner_gateway.wallet.operations import wallet_report as render
+
+    try:
+        since, until = parse_when(start), parse_when(end)
+    except ValueError:
+        raise ConfigError(
+            "--from and --to must be ISO 8601 dates or times (UTC unless an offset is given)"
+        ) from None
+
+    async def run(url: str) -> str:
+        database = create_database(settings, url)
+        try:
+            return await render(database, start=since, end=until, format=format)
+        finally:
+            await database.close()
+
+    with database(settings, local=local) as bound:
+        url = bound.database_url
+        assert url is not None
+        with reported_failures(url):
+            sys.stdout.write(asyncio.run(run(url)))
+
+
+def bidpaw_sandbox(
+    settings: Settings, *, host: str, port: int, restricted_countries: list[str], callback_url: str
+) -> None:
     from partner_gateway.bidpaw.sandbox import run_sandbox
+    from partner_gateway.bidpaw.sandbox_callbacks import CallbackTarget
 
     if not settings.bidpaw_client_id or settings.bidpaw_secret_key is None:
         raise ConfigError("BIDPAW_CLIENT_ID and BIDPAW_SECRET_KEY are required")
@@ -273,6 +425,29 @@ def bidpaw_sandbox(settings: Settings, *, host: str, port: int) -> None:
         port=port,
         client_id=settings.bidpaw_client_id,
         secret_key=settings.bidpaw_secret_key.get_secret_value(),
+        restricted_countries=restricted_countries,
+        # BidPaw's wallet side: callbacks signed with the newest BIDPAW_CALLBACK_SECRET, else with
+        # the one local mode generated under DATA_DIR (a `serve --local` in the same directory)
+        callbacks=CallbackTarget(
+            url=callback_url,
+            secret=settings.bidpaw_callback_secret[0].get_secret_value()
+            if settings.bidpaw_callback_secret
+            else None,
+            local_secrets=settings.data_dir.resolve() / LOCAL_SECRETS_FILE,
+        ),
+    )
+
+
+def wallet_sandbox(args: argparse.Namespace) -> None:
+    keys = wallet_sandbox_command.secrets_from_environment()
+    redactor.register(keys)
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    wallet_sandbox_command.run_sandbox(
+        host=args.host,
+        port=args.port,
+        secrets=keys,
+        starting_balance=args.starting_balance,
+        faults=wallet_sandbox_command.faults_from_arguments(args),
     )
 
 
@@ -281,6 +456,13 @@ def _positive(value: str) -> float:
     if not seconds > 0:
         raise argparse.ArgumentTypeError("must be a positive number of seconds")
     return seconds
+
+
+def _countries(value: str) -> list[str]:
+    codes = [code.strip() for code in value.split(",") if code.strip()]
+    if not all(COUNTRY_CODE.fullmatch(code) for code in codes):
+        raise argparse.ArgumentTypeError("must be comma-separated two-letter country codes, e.g. US,GB")
+    return [code.upper() for code in codes]
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -308,11 +490,38 @@ def _parser() -> argparse.ArgumentParser:
     purge_cmd.add_argument(
         "--every", type=_positive, metavar="SECONDS", help="keep running, purging every SECONDS"
     )
+    reconcile_cmd = commands.add_parser(
+        "reconcile", help="settle BidPaw wallet transactions not final yet", parents=[local]
+    )
+    reconcile_cmd.add_argument(
+        "--every", type=_positive, metavar="SECONDS", help="keep running, reconciling every SECONDS"
+    )
+    report_cmd = commands.add_parser(
+        "wallet-report", help="BidPaw wallet transactions, for reconciling with BidPaw", parents=[local]
+    )
+    report_cmd.add_argument("--from", dest="start", required=True, help="ISO 8601 date or time (UTC)")
+    report_cmd.add_argument("--to", dest="end", required=True, help="ISO 8601 date or time, exclusive")
+    report_cmd.add_argument("--format", choices=("csv", "json"), default="csv")
     sandbox_cmd = commands.add_parser(
         "bidpaw-sandbox", help="serve a local stand-in for BidPaw's open-session API"
     )
     sandbox_cmd.add_argument("--host", default="127.0.0.1")
     sandbox_cmd.add_argument("--port", type=int, default=8100)
+    sandbox_cmd.add_argument(
+        "--restricted-countries",
+        type=_countries,
+        default=[],
+        metavar="CODES",
+        help="comma-separated ISO 3166-1 alpha-2 codes whose players get BidPaw's region-restriction page",
+    )
+    sandbox_cmd.add_argument(
+        "--callback-url",
+        default="http://127.0.0.1:8000/bidpaw/wallet",
+        help="our CALLBACK_URL, where POST /_sandbox/wallet-callback sends BidPaw's signed callbacks",
+    )
+    wallet_sandbox_command.add_arguments(
+        commands.add_parser("wallet-sandbox", help="serve a local stand-in for the casino's wallet")
+    )
     certify.add_arguments(
         commands.add_parser("certify", help="pre-certify a deployment as BetLink and BidPaw will")
     )
@@ -331,13 +540,15 @@ def main(argv: list[str] | None = None) -> None:
     local = getattr(args, "local", False)
     generated: dict[str, str] = {}
     try:
-        if args.command == "bidpaw-sandbox":
+        if args.command in ("bidpaw-sandbox", "wallet-sandbox"):
             settings = read_settings()
         else:
             if local:
                 _require_local_extra()  # before anything is generated or written
             service = args.command == "serve"
             settings, generated = load_settings(local=local, command=args.command, service=service)
+            if local and args.command == "reconcile":
+                settings = with_local_defaults(settings)[0]  # local mode's WALLET_SECRET
         setup_logging(settings)
         if args.command == "serve":
             serve(settings, generated, local=local, host=args.host, port=args.port, workers=args.workers)
@@ -345,8 +556,20 @@ def main(argv: list[str] | None = None) -> None:
             migrate(settings, local=local)
         elif args.command == "purge":
             purge(settings, local=local, batch=args.batch, every=args.every)
+        elif args.command == "reconcile":
+            reconcile(settings, local=local, every=args.every)
+        elif args.command == "wallet-report":
+            wallet_report(settings, local=local, start=args.start, end=args.end, format=args.format)
         elif args.command == "bidpaw-sandbox":
-            bidpaw_sandbox(settings, host=args.host, port=args.port)
+            bidpaw_sandbox(
+                settings,
+                host=args.host,
+                port=args.port,
+                restricted_countries=args.restricted_countries,
+                callback_url=args.callback_url,
+            )
+        elif args.command == "wallet-sandbox":
+            wallet_sandbox(args)
     except ConfigError as exc:
         raise _fail("configuration error", str(exc)) from None
     except DatabaseFailure as exc:

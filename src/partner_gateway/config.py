@@ -11,6 +11,7 @@ import base64
 import binascii
 import json
 import os
+import re
 import secrets
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -23,6 +24,9 @@ from sqlalchemy.exc import ArgumentError
 LOCAL_SECRETS_FILE = "local-secrets.json"
 LOCAL_OPERATOR_ID = "local-operator"
 LOCAL_REDIRECT_URL = "http://localhost:8000/"
+# Local mode's built-in sandbox wallet listens on the port after serve's (8001 beside 8000).
+LOCAL_WALLET_PORT_OFFSET = 1
+LOCAL_WALLET_URL = "http://127.0.0.1:8001"
 
 SecretList = Annotated[list[SecretStr], NoDecode]
 
@@ -31,6 +35,10 @@ SecretList = Annotated[list[SecretStr], NoDecode]
 # start and then fail each request, so it stops start-up instead.
 DATABASE_URL_PARAMETERS = frozenset({"host", "ssl"})
 SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+# An ISO 3166-1 alpha-2 code as BIDPAW_ALLOWED_COUNTRIES and X-User-Country take it: two ASCII
+# letters, any case (sent upper-case).
+COUNTRY_CODE = re.compile(r"[A-Za-z]{2}")
 
 
 class ConfigError(Exception):
@@ -83,6 +91,16 @@ class Settings(BaseSettings):
     bidpaw_client_id: str | None = None
     bidpaw_secret_key: SecretStr | None = None
     bidpaw_timeout_seconds: float = Field(5.0, gt=0)
+    bidpaw_game_id: str | None = None
+    bidpaw_callback_secret: SecretList = Field(default_factory=list)
+    bidpaw_callback_signature: Literal["required", "off"] = "required"
+    bidpaw_wallet_deadline_seconds: float = Field(3.0, gt=0)
+    bidpaw_wallet_max_amount: int = Field(1_000_000, ge=1)
+    bidpaw_allowed_countries: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    wallet_url: str | None = None
+    wallet_secret: SecretList = Field(default_factory=list)
+    wallet_timeout_seconds: float = Field(2.0, gt=0)
 
     max_body_bytes: int = Field(65536, ge=1024)
     http_max_concurrency: int = Field(1000, ge=1)
@@ -93,11 +111,27 @@ class Settings(BaseSettings):
     log_format: Literal["json", "console"] = "json"
 
     @field_validator(
-        "gateway_api_keys", "betlink_api_keys", "betlink_user_id_key", "data_encryption_key", mode="before"
+        "gateway_api_keys",
+        "betlink_api_keys",
+        "betlink_user_id_key",
+        "data_encryption_key",
+        "bidpaw_callback_secret",
+        "wallet_secret",
+        mode="before",
     )
     @classmethod
     def _comma_separated(cls, value: Any) -> Any:
         return _split(value)
+
+    @field_validator("bidpaw_allowed_countries", mode="before")
+    @classmethod
+    def _country_list(cls, value: Any) -> Any:
+        if not isinstance(value, str):
+            return value
+        codes = [part.strip() for part in value.split(",")] if value.strip() else []
+        if not all(COUNTRY_CODE.fullmatch(code) for code in codes):
+            raise ValueError("must be comma-separated ISO 3166-1 alpha-2 codes, e.g. US,GB")
+        return [code.upper() for code in codes]
 
     @field_validator("log_level", mode="before")
     @classmethod
@@ -142,7 +176,12 @@ class Settings(BaseSettings):
         _decode_keys(value, size=32)
         return value
 
-    @field_validator("bidpaw_api_url", "betlink_redirect_url")
+    @field_validator("bidpaw_callback_signature", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("bidpaw_api_url", "betlink_redirect_url", "wallet_url")
     @classmethod
     def _http_url(cls, value: str | None) -> str | None:
         if value is not None and not value.startswith(("http://", "https://")):
@@ -151,7 +190,14 @@ class Settings(BaseSettings):
 
     @property
     def bidpaw_configured(self) -> bool:
-        return bool(self.bidpaw_api_url and self.bidpaw_client_id and self.bidpaw_secret_key)
+        return bool(
+            self.bidpaw_api_url and self.bidpaw_client_id and self.bidpaw_secret_key and self.bidpaw_game_id
+        )
+
+    @property
+    def wallet_configured(self) -> bool:
+        """BidPaw's wallet callbacks can move money: the casino's wallet and its key are set."""
+        return bool(self.wallet_url and self.wallet_secret)
 
     @property
     def user_id_keys(self) -> list[bytes]:
@@ -165,7 +211,7 @@ class Settings(BaseSettings):
     def secret_values(self) -> list[str]:
         """Every configured secret, for the log redactor."""
         keys = [*self.gateway_api_keys, *self.betlink_api_keys, *self.data_encryption_key]
-        keys += self.betlink_user_id_key
+        keys += [*self.betlink_user_id_key, *self.bidpaw_callback_secret, *self.wallet_secret]
         if self.bidpaw_secret_key is not None:
             keys.append(self.bidpaw_secret_key)
         return [key.get_secret_value() for key in keys]
@@ -184,15 +230,30 @@ class Settings(BaseSettings):
                 raise ConfigError(f"{name} is required (see .env.example)")
 
 
+def _local_wallet_secrets() -> dict[str, str]:
+    return {
+        "BIDPAW_CALLBACK_SECRET": "cb_" + secrets.token_urlsafe(32),
+        "WALLET_SECRET": "ws_" + secrets.token_urlsafe(32),
+    }
+
+
 def _generate_local_secrets(path: Path) -> dict[str, str]:
-    """Create the local-mode secrets file once (0600) and return what it holds."""
+    """Create the local-mode secrets file once (0600) and return what it holds.
+
+    A file from an earlier version lacks the wallet's keys: they are added to it once.
+    """
     if path.exists():
         loaded: dict[str, str] = json.loads(path.read_text())
+        missing = {name: value for name, value in _local_wallet_secrets().items() if name not in loaded}
+        if missing:
+            loaded.update(missing)
+            path.write_text(json.dumps(loaded))
         return loaded
     values = {
         "GATEWAY_API_KEYS": "gw_" + secrets.token_urlsafe(32),
         "BETLINK_API_KEYS": "bl_" + secrets.token_urlsafe(32),
         "DATA_ENCRYPTION_KEY": base64.urlsafe_b64encode(secrets.token_bytes(32)).decode(),
+        **_local_wallet_secrets(),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

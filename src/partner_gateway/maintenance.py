@@ -1,4 +1,5 @@
-"""Retention: `partner-gateway purge [--every S]` deletes processed keys and sessions past their use."""
+"""Retention: `partner-gateway purge [--every S]` deletes processed keys and sessions past their use,
+and BidPaw session records BIDPAW_SESSION_RETENTION past their last use."""
 
 from __future__ import annotations
 
@@ -18,12 +19,16 @@ logger = get_logger(__name__)
 # A session is dead once its launch token and its session token have both expired; a day more
 # keeps it around for support questions ("was this player's token live at 14:02?").
 SESSION_GRACE = timedelta(days=1)
+# BidPaw's wallet callbacks are checked against these records; the contract keeps them at least
+# 90 days after their last use.
+BIDPAW_SESSION_RETENTION = timedelta(days=90)
 
 
 @dataclass(frozen=True)
 class Purged:
     keys: int
     sessions: int
+    bidpaw_sessions: int
 
 
 def session_cutoff(settings: Settings, *, now: datetime) -> datetime:
@@ -49,7 +54,14 @@ async def purge_expired(
     sessions = await _drain(
         database, lambda conn: store.purge_sessions(conn, before=cutoff, batch=batch), batch=batch, stop=stop
     )
-    return Purged(keys=keys, sessions=sessions)
+    bidpaw_cutoff = now - BIDPAW_SESSION_RETENTION
+    bidpaw_sessions = await _drain(
+        database,
+        lambda conn: store.purge_bidpaw_sessions(conn, before=bidpaw_cutoff, batch=batch),
+        batch=batch,
+        stop=stop,
+    )
+    return Purged(keys=keys, sessions=sessions, bidpaw_sessions=bidpaw_sessions)
 
 
 async def _drain(
@@ -96,6 +108,11 @@ async def purge_every(
             logger.warning("purge.failed", error=on_failure(exc), attempt=failures, retry_in_s=wait)
         else:
             failures, wait = 0, every
-            logger.info("purge.done", keys=purged.keys, sessions=purged.sessions)
+            logger.info(
+                "purge.done",
+                keys=purged.keys,
+                sessions=purged.sessions,
+                bidpaw_sessions=purged.bidpaw_sessions,
+            )
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), timeout=wait)

@@ -42,6 +42,28 @@ BIDPAW_LATENCY = Histogram(
     ["outcome"],
     buckets=LATENCY_BUCKETS,
 )
+BIDPAW_CALLBACKS = Counter(
+    "partner_gateway_bidpaw_wallet_callbacks",
+    "BidPaw wallet callbacks answered, by method (charge, credit, or invalid) and errorCode.",
+    ["method", "error_code"],
+)
+BIDPAW_CALLBACK_LATENCY = Histogram(
+    "partner_gateway_bidpaw_wallet_callback_seconds",
+    "Time to answer a BidPaw wallet callback, the casino wallet's included, by method.",
+    ["method"],
+    buckets=LATENCY_BUCKETS,
+)
+WALLET_CALLS = Counter(
+    "partner_gateway_wallet_calls",
+    "Calls to the casino's wallet by operation (debit, credit, reverse) and outcome "
+    "(applied, insufficient_funds, refused, unknown).",
+    ["operation", "outcome"],
+)
+WALLET_STUCK = Counter(
+    "partner_gateway_wallet_refused_after_answer",
+    "Transactions the wallet refused after BidPaw was told otherwise: left for people.",
+    ["method"],
+)
 BUILD = Info("partner_gateway_build", "Version of the running service.")
 BUILD.info({"version": "0.1.0", "python": platform.python_version()})
 

@@ -5,7 +5,22 @@ from __future__ import annotations
 import uuid
 from datetime import datetime
 
-from sqlalchemy import BigInteger, Boolean, DateTime, Identity, Index, LargeBinary, Text, Uuid, false
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    CheckConstraint,
+    DateTime,
+    Identity,
+    Index,
+    Integer,
+    LargeBinary,
+    SmallInteger,
+    Text,
+    UniqueConstraint,
+    Uuid,
+    false,
+    text,
+)
 from sqlalchemy.orm import Mapped, mapped_column
 
 from partner_gateway.db import Base
@@ -87,3 +102,53 @@ class BidPawSession(Base):
     session: Mapped[str | None] = mapped_column(Text)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
     last_used_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+
+
+class WalletTransaction(Base):
+    """One BidPaw charge or credit and its way through the casino's wallet (wallet/transactions.py).
+
+    `state`: recorded (the wallet is being asked; no answer yet), reversing (a charge answered 8,
+    its debit to be undone), delivering (a credit answered 0, to be delivered), final, or stuck (the
+    wallet refused what BidPaw was told is done: for people). `answer` is the errorCode BidPaw got,
+    set once; `outcome` what the wallet did. `fingerprint` is the digest of the parameters, so a
+    replay with other parameters is told apart.
+    """
+
+    __tablename__ = "wallet_transactions"
+    __table_args__ = (
+        UniqueConstraint("partner", "transaction_id", name="uq_wallet_transactions_partner"),
+        CheckConstraint("method IN ('charge', 'credit')", name="method"),
+        CheckConstraint("state IN ('recorded', 'reversing', 'delivering', 'final', 'stuck')", name="state"),
+        CheckConstraint("answer IN (0, 1, 7, 8)", name="answer"),
+        CheckConstraint(
+            "outcome IN ('applied', 'insufficient_funds', 'refused', 'reversed')", name="outcome"
+        ),
+        CheckConstraint("(state = 'recorded') = (answer IS NULL)", name="answered"),
+        CheckConstraint("amount > 0", name="amount"),
+        Index(
+            "ix_wallet_transactions_open",
+            "next_attempt_at",
+            postgresql_where=text("state IN ('recorded', 'reversing', 'delivering')"),
+        ),
+        Index("ix_wallet_transactions_created_at", "created_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, Identity(always=True), primary_key=True)
+    partner: Mapped[str] = mapped_column(Text)
+    transaction_id: Mapped[str] = mapped_column(Text)
+    method: Mapped[str] = mapped_column(Text)
+    user_id: Mapped[str] = mapped_column(Text)
+    session_id: Mapped[str] = mapped_column(Text)
+    game_id: Mapped[str] = mapped_column(Text)
+    amount: Mapped[int] = mapped_column(BigInteger)
+    currency: Mapped[str] = mapped_column(Text)
+    fingerprint: Mapped[bytes] = mapped_column(LargeBinary)
+    state: Mapped[str] = mapped_column(Text)
+    answer: Mapped[int | None] = mapped_column(SmallInteger)
+    outcome: Mapped[str | None] = mapped_column(Text)
+    reason: Mapped[str | None] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer, server_default="0")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))
+    answered_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    next_attempt_at: Mapped[datetime] = mapped_column(DateTime(timezone=True))

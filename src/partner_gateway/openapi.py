@@ -71,6 +71,8 @@ SUMMARIES: dict[tuple[str, str], str] = {
     ("post", AUTHENTICATE_PATH): "Exchange a launch token for a session token (BetLink's Auth endpoint)",
     ("post", "/betlink/sessions/introspect"): "Check an operatorSessionToken (for the wallet)",
     ("get", "/bidpaw/open-session"): "Get BidPaw's lobby link for a player",
+    ("get", "/bidpaw/wallet"): "BidPaw's wallet callback, parameters in the query",
+    ("post", "/bidpaw/wallet"): "BidPaw's wallet callback: charge or credit a player, exactly once",
     ("put", "/players/{userId}/block"): "Block a player and revoke their tokens",
     ("delete", "/players/{userId}/block"): "Lift a player's block",
     ("get", "/healthz"): "Liveness: the process runs",

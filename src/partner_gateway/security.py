@@ -76,12 +76,22 @@ def _repeated(request: Request, names: Sequence[bytes]) -> set[bytes]:
 # A gateway that appends its verified X-User-Id instead of replacing the browser's would leave
 # two; taking either one would let a player act as anyone. Headers that identify the caller
 # count only when they occur exactly once, checked before anything else is looked at.
+# X-User-Country and X-User-Currency are the gateway's word on the player too (a compliance
+# control, a price), so the same holds for them.
+_SINGLE_PLAYER_HEADERS = {
+    b"x-user-id": "X-User-Id",
+    b"x-user-country": "X-User-Country",
+    b"x-user-currency": "X-User-Currency",
+}
+
+
 async def single_gateway_headers(request: Request) -> None:
-    repeated = _repeated(request, (b"authorization", b"x-user-id"))
+    repeated = _repeated(request, (b"authorization", *_SINGLE_PLAYER_HEADERS))
     if b"authorization" in repeated:
         raise Unauthorized("Authorization must be sent exactly once")
-    if b"x-user-id" in repeated:
-        raise BadRequest("X-User-Id must be sent exactly once")
+    for name, spelled in _SINGLE_PLAYER_HEADERS.items():  # in the contract's order of checks
+        if name in repeated:
+            raise BadRequest(f"{spelled} must be sent exactly once")
 
 
 async def single_betlink_headers(request: Request) -> None:

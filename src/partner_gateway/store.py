@@ -9,6 +9,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from partner_gateway.db import Connection, Statement
 
@@ -221,12 +222,30 @@ DELETE FROM user_sessions WHERE id IN (
 )
 
 
+# Race: a wallet callback moving last_used_at while purge runs. A row the callback holds is
+# skipped (SKIP LOCKED); a row purge locked first is re-checked on its newest version before it
+# is deleted, so a record used after the cutoff survives. Only a record past the cutoff when
+# purge locks it goes, and the callback then finds no session (90 days unused: as intended).
+_PURGE_BIDPAW_SESSIONS = Statement(
+    "purge_bidpaw_sessions",
+    """
+DELETE FROM bidpaw_sessions WHERE id IN (
+    SELECT id FROM bidpaw_sessions WHERE last_used_at < :before LIMIT :batch FOR UPDATE SKIP LOCKED
+)
+""",
+)
+
+
 async def purge_keys(conn: Connection, *, now: datetime, batch: int) -> int:
     return await conn.execute(_PURGE_KEYS, now=now, batch=batch)
 
 
 async def purge_sessions(conn: Connection, *, before: datetime, batch: int) -> int:
     return await conn.execute(_PURGE_SESSIONS, before=before, batch=batch)
+
+
+async def purge_bidpaw_sessions(conn: Connection, *, before: datetime, batch: int) -> int:
+    return await conn.execute(_PURGE_BIDPAW_SESSIONS, before=before, batch=batch)
 
 
 _SET_BLOCKED = Statement(
@@ -292,3 +311,281 @@ async def live_session(conn: Connection, *, token_hash: bytes, now: datetime) ->
     """The session holding this session token, if it is live (one unique-index lookup)."""
     row = await conn.fetchrow(_LIVE_SESSION, token_hash=token_hash, now=now)
     return None if row is None else LiveSession(user_id=row["user_id"], expires_at=row["session_expires_at"])
+
+
+# One short statement after BidPaw's 200 (no transaction held while BidPaw was asked). Every
+# open-session gets its own row, even for one player and one session value: the wallet
+# callbacks look records up by (user_id, session), and nothing here needs to be unique.
+_RECORD_BIDPAW_SESSION = Statement(
+    "record_bidpaw_session",
+    """
+INSERT INTO bidpaw_sessions (user_id, game_id, currency, session, created_at, last_used_at)
+VALUES (:user_id, :game_id, :currency, :session, :now, :now)
+""",
+)
+
+
+async def record_bidpaw_session(
+    conn: Connection,
+    *,
+    user_id: str,
+    game_id: str,
+    currency: str | None,
+    session: str | None,
+    now: datetime,
+) -> None:
+    """Record a lobby BidPaw opened: the player, gameId, the currency sent, the iframe URL's
+    `session` (never its `token`)."""
+    params = {"user_id": user_id, "game_id": game_id, "currency": currency, "session": session, "now": now}
+    await conn.execute(_RECORD_BIDPAW_SESSION, **params)
+
+
+# --- BidPaw's wallet transactions (the state machine is wallet/transactions.py) ----------------
+
+_BIDPAW_SESSION_CURRENCIES = Statement(
+    "bidpaw_session_currencies",
+    """
+UPDATE bidpaw_sessions SET last_used_at = :now
+WHERE user_id = :user_id AND session = :session
+RETURNING currency
+""",
+)
+
+
+async def touch_bidpaw_session(
+    conn: Connection, *, user_id: str, session: str, now: datetime
+) -> list[str | None] | None:
+    """The currencies recorded for this player's BidPaw session (None: no such session); its
+    `last_used_at` moves to `now`, so purge keeps it while callbacks name it."""
+    rows = await conn.fetch(_BIDPAW_SESSION_CURRENCIES, user_id=user_id, session=session, now=now)
+    return [row["currency"] for row in rows] if rows else None
+
+
+# Race: a block committing while a charge is recorded. The upsert takes the player's row lock
+# (as _CREATE_SESSION does) and RETURNING reads the newest committed `blocked`: a block that
+# committed first refuses the charge here; a block arriving later waits for this transaction,
+# so the charge was recorded before the block and goes on.
+_LOCK_PLAYER = Statement(
+    "lock_player",
+    """
+INSERT INTO players (user_id, blocked, updated_at) VALUES (:user_id, false, :now)
+ON CONFLICT (user_id) DO UPDATE SET blocked = players.blocked
+RETURNING blocked
+""",
+)
+
+
+async def lock_player(conn: Connection, *, user_id: str, now: datetime) -> bool:
+    """Lock the player's row until the transaction ends; True when the player is blocked."""
+    return bool(await conn.fetchval(_LOCK_PLAYER, user_id=user_id, now=now))
+
+
+_WALLET_COLUMNS = """
+id, partner, transaction_id, method, user_id, session_id, game_id, amount, currency, fingerprint,
+state, answer, outcome, reason, attempts, created_at, answered_at, settled_at
+"""
+
+# Race: simultaneous callbacks with one transactionId, in any number of processes. The unique
+# (partner, transaction_id) decides: the first INSERT wins; the others wait on its uncommitted
+# index entry (bounded by lock_timeout), then insert nothing once it commits and read its row
+# with a new statement (a new snapshot) in `wallet_transaction`. A winner that rolled back
+# leaves the key free: the next one inserts.
+_RECORD_WALLET_TRANSACTION = Statement(
+    "record_wallet_transaction",
+    f"""
+INSERT INTO wallet_transactions (
+    partner, transaction_id, method, user_id, session_id, game_id, amount, currency, fingerprint,
+    state, created_at, next_attempt_at
+) VALUES (
+    :partner, :transaction_id, :method, :user_id, :session_id, :game_id, :amount, :currency,
+    :fingerprint, 'recorded', :now, :now
+)
+ON CONFLICT (partner, transaction_id) DO NOTHING
+RETURNING {_WALLET_COLUMNS}
+""",
+)
+
+_WALLET_TRANSACTION = Statement(
+    "wallet_transaction",
+    f"SELECT {_WALLET_COLUMNS} FROM wallet_transactions WHERE partner = :partner "
+    "AND transaction_id = :transaction_id",
+)
+
+_WALLET_TRANSACTION_BY_ID = Statement(
+    "wallet_transaction_by_id", f"SELECT {_WALLET_COLUMNS} FROM wallet_transactions WHERE id = :id"
+)
+
+
+@dataclass(frozen=True)
+class WalletTransaction:
+    id: int
+    partner: str
+    transaction_id: str
+    method: str
+    user_id: str
+    session_id: str
+    game_id: str
+    amount: int
+    currency: str
+    fingerprint: bytes
+    state: str
+    answer: int | None
+    outcome: str | None
+    reason: str | None
+    attempts: int
+    created_at: datetime
+    answered_at: datetime | None
+    settled_at: datetime | None
+
+
+def _wallet_transaction(row: Any) -> WalletTransaction:
+    return WalletTransaction(**dict(row.items()))
+
+
+@dataclass(frozen=True)
+class NewWalletTransaction:
+    partner: str
+    transaction_id: str
+    method: str
+    user_id: str
+    session_id: str
+    game_id: str
+    amount: int
+    currency: str
+    fingerprint: bytes
+
+
+async def record_wallet_transaction(
+    conn: Connection, new: NewWalletTransaction, *, now: datetime
+) -> WalletTransaction | None:
+    """Insert the transaction in state `recorded`; None when its transactionId is taken."""
+    row = await conn.fetchrow(_RECORD_WALLET_TRANSACTION, **vars(new), now=now)
+    return None if row is None else _wallet_transaction(row)
+
+
+async def wallet_transaction(
+    conn: Connection, *, partner: str, transaction_id: str
+) -> WalletTransaction | None:
+    row = await conn.fetchrow(_WALLET_TRANSACTION, partner=partner, transaction_id=transaction_id)
+    return None if row is None else _wallet_transaction(row)
+
+
+async def wallet_transaction_by_id(conn: Connection, *, id: int) -> WalletTransaction | None:
+    row = await conn.fetchrow(_WALLET_TRANSACTION_BY_ID, id=id)
+    return None if row is None else _wallet_transaction(row)
+
+
+# Race: the request that recorded a transaction answering it, against `reconcile` answering 8
+# for a recording it takes as abandoned (only past the deadline), and against any other writer.
+# Every transition names the state it leaves; under READ COMMITTED a second UPDATE waits for
+# the first, re-reads the row, finds it moved on and changes nothing. The loser then reads the
+# winner's row: a transaction's answer is set exactly once.
+_TRANSITION = Statement(
+    "transition_wallet_transaction",
+    f"""
+UPDATE wallet_transactions SET
+    state = CAST(:to_state AS text),
+    answer = coalesce(answer, CAST(:answer AS smallint)),
+    answered_at = coalesce(
+        answered_at, CASE WHEN CAST(:answer AS smallint) IS NULL THEN NULL ELSE CAST(:now AS timestamptz) END
+    ),
+    outcome = coalesce(CAST(:outcome AS text), outcome),
+    reason = coalesce(CAST(:reason AS text), reason),
+    settled_at = CASE WHEN CAST(:to_state AS text) IN ('final', 'stuck') THEN CAST(:now AS timestamptz) END,
+    next_attempt_at = CAST(:now AS timestamptz)
+WHERE id = :id AND state = :from_state
+RETURNING {_WALLET_COLUMNS}
+""",
+)
+
+
+async def transition_wallet_transaction(
+    conn: Connection,
+    *,
+    id: int,
+    from_state: str,
+    to_state: str,
+    answer: int | None,
+    outcome: str | None,
+    reason: str | None,
+    now: datetime,
+) -> WalletTransaction | None:
+    """Move the transaction from `from_state`; None when it had already left that state."""
+    params = {
+        "id": id,
+        "from_state": from_state,
+        "to_state": to_state,
+        "answer": answer,
+        "outcome": outcome,
+        "reason": reason,
+        "now": now,
+    }
+    row = await conn.fetchrow(_TRANSITION, **params)
+    return None if row is None else _wallet_transaction(row)
+
+
+# Several `reconcile`s at once (replicas, a cron and a person): SKIP LOCKED hands each open
+# transaction to one of them, and the lease (next_attempt_at) keeps the others off it while the
+# wallet is being asked, without holding a transaction open for that long. A recording is taken
+# only once its own request must have given up (`abandoned_before`).
+_CLAIM_OPEN = Statement(
+    "claim_open_wallet_transactions",
+    f"""
+UPDATE wallet_transactions SET next_attempt_at = :lease_until, attempts = attempts + 1
+WHERE id IN (
+    SELECT id FROM wallet_transactions
+    WHERE state IN ('recorded', 'reversing', 'delivering')
+      AND next_attempt_at <= :now
+      AND (state <> 'recorded' OR created_at < :abandoned_before)
+    ORDER BY next_attempt_at
+    LIMIT :batch
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING {_WALLET_COLUMNS}
+""",
+)
+
+
+async def claim_open_wallet_transactions(
+    conn: Connection, *, now: datetime, abandoned_before: datetime, lease_until: datetime, batch: int
+) -> list[WalletTransaction]:
+    params = {"now": now, "abandoned_before": abandoned_before, "lease_until": lease_until, "batch": batch}
+    return [_wallet_transaction(row) for row in await conn.fetch(_CLAIM_OPEN, **params)]
+
+
+_OPEN_WALLET_STATS = Statement(
+    "open_wallet_stats",
+    """
+SELECT count(*) FILTER (WHERE state <> 'stuck') AS open,
+       min(created_at) FILTER (WHERE state <> 'stuck') AS oldest,
+       count(*) FILTER (WHERE state = 'stuck') AS stuck
+FROM wallet_transactions WHERE state IN ('recorded', 'reversing', 'delivering', 'stuck')
+""",
+)
+
+
+@dataclass(frozen=True)
+class OpenWalletStats:
+    open: int
+    oldest: datetime | None
+    stuck: int
+
+
+async def open_wallet_stats(conn: Connection) -> OpenWalletStats:
+    row = await conn.fetchrow(_OPEN_WALLET_STATS)
+    assert row is not None
+    return OpenWalletStats(open=row["open"], oldest=row["oldest"], stuck=row["stuck"])
+
+
+_WALLET_REPORT = Statement(
+    "wallet_report",
+    f"""
+SELECT {_WALLET_COLUMNS} FROM wallet_transactions
+WHERE created_at >= :start AND created_at < :end
+ORDER BY created_at, id
+""",
+)
+
+
+async def wallet_report(conn: Connection, *, start: datetime, end: datetime) -> list[WalletTransaction]:
+    return [_wallet_transaction(row) for row in await conn.fetch(_WALLET_REPORT, start=start, end=end)]

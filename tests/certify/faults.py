@@ -29,6 +29,7 @@ AUTHENTICATE = "/betlink/authenticate"
 INTROSPECT = "/betlink/sessions/introspect"
 OPEN_SESSION = "/bidpaw/open-session"
 UUID_LENGTH = 36
+IDENTITY_HEADERS = frozenset({b"authorization", b"x-user-id", b"x-api-key", b"x-idempotency-key"})
 
 
 @dataclass
@@ -140,6 +141,7 @@ class FaultInjector:
             "auth.api_key": self._accept_any_api_key,
             "auth.operator_id": self._ignore_operator_id,
             "auth.repeated_headers": take_first_copy,
+            "bidpaw.repeated_player_headers": take_first_player_header,
         }
         self.after: dict[str, Fault] = {**AFTER_FAULTS, "auth.expired_token": self._accept_expired}
 
@@ -222,15 +224,19 @@ class FaultInjector:
                 ex.betlink_error(400, "INVALID_USER")
 
 
-def take_first_copy(ex: Exchange) -> None:
+def take_first_copy(ex: Exchange, only: frozenset[bytes] = IDENTITY_HEADERS) -> None:
     """A proxy or framework that keeps one copy of a repeated header, so the service never sees two."""
     names: set[bytes] = set()
     kept = []
     for name, value in ex.raw_headers:
-        if name not in names:
+        if name not in names or name not in only:
             names.add(name)
             kept.append((name, value))
     ex.raw_headers = kept
+
+
+def take_first_player_header(ex: Exchange) -> None:
+    take_first_copy(ex, frozenset({b"x-user-country", b"x-user-currency"}))
 
 
 # --- faults on the answer, one per check ---------------------------------------------------------
@@ -362,9 +368,33 @@ def blocked_player_bad_gateway(seen: Seen, arrival: Arrival, ex: Exchange) -> No
         ex.problem(502)
 
 
+def _detail(ex: Exchange) -> str:
+    answer = ex.answer
+    return str(answer.get("detail", "")) if isinstance(answer, dict) else ""
+
+
 def bad_input_bad_gateway(seen: Seen, arrival: Arrival, ex: Exchange) -> None:
-    if ex.path == OPEN_SESSION and ex.status == 400:
+    # Only the player id's 400s: the checks of today's headers and lang expect theirs.
+    detail = _detail(ex)
+    if (
+        ex.path == OPEN_SESSION
+        and ex.status == 400
+        and ("X-User-Id" in detail or detail.startswith("user id"))
+    ):
         ex.problem(502)
+
+
+FAKE_LOBBY = {"iframeURL": "https://sandbox.bidpaw.invalid/en/auctions?token=fault&session=fault"}
+
+
+def accept_unsupported_currency(seen: Seen, arrival: Arrival, ex: Exchange) -> None:
+    if ex.path == OPEN_SESSION and _detail(ex).startswith("X-User-Currency must be one of"):
+        ex.answer_json(200, FAKE_LOBBY)
+
+
+def accept_any_lang(seen: Seen, arrival: Arrival, ex: Exchange) -> None:
+    if ex.path == OPEN_SESSION and _detail(ex).startswith("lang must be"):
+        ex.answer_json(200, FAKE_LOBBY)
 
 
 def broken_healthz(seen: Seen, arrival: Arrival, ex: Exchange) -> None:
@@ -414,6 +444,8 @@ AFTER_FAULTS: dict[str, Fault] = {
     "bidpaw.open_session": http_iframe_url,
     "bidpaw.blocked": blocked_player_bad_gateway,
     "bidpaw.bad_input": bad_input_bad_gateway,
+    "bidpaw.player_headers": accept_unsupported_currency,
+    "bidpaw.lang": accept_any_lang,
     "ops.healthz": broken_healthz,
     "ops.readyz": not_ready,
     "ops.metrics": garbled_metrics,

@@ -62,6 +62,7 @@ def deployments(database_url: str) -> Iterator[tuple[str, str]]:
         "BIDPAW_API_URL": bidpaw_url,
         "BIDPAW_CLIENT_ID": BIDPAW_CLIENT_ID,
         "BIDPAW_SECRET_KEY": BIDPAW_SECRET,
+        "BIDPAW_GAME_ID": "game-certify",
     }
     procs = [
         bidpaw_sandbox(sandbox_port, client_id=BIDPAW_CLIENT_ID, secret_key=BIDPAW_SECRET),
@@ -72,6 +73,7 @@ def deployments(database_url: str) -> Iterator[tuple[str, str]]:
             BIDPAW_API_URL=bidpaw_url,
             BIDPAW_CLIENT_ID=BIDPAW_CLIENT_ID,
             BIDPAW_SECRET_KEY=BIDPAW_SECRET,
+            BIDPAW_GAME_ID="game-certify",
         ),
         subprocess.Popen(
             [sys.executable, "-m", "tests.certify.faults", str(broken_port)],
@@ -183,7 +185,14 @@ class TestWithoutKeys:
 
 
 def _faults() -> list[str]:
-    return [*AFTER_FAULTS, "auth.api_key", "auth.operator_id", "auth.repeated_headers", "auth.expired_token"]
+    return [
+        *AFTER_FAULTS,
+        "auth.api_key",
+        "auth.operator_id",
+        "auth.repeated_headers",
+        "auth.expired_token",
+        "bidpaw.repeated_player_headers",
+    ]
 
 
 class TestEachFaultFailsExactlyItsCheck:

@@ -436,6 +436,46 @@ async def bidpaw_bad_input(d: Deployment) -> None:
     expect_problem(anonymous, 401, probe="no gateway key: ")
 
 
+# --- 4b. BidPaw's open-session as BidPaw documents it today ------------------------------------
+# The accepted probes call BidPaw for real, with the test player's currency EUR: BidPaw keeps
+# the first currency it sees for a player, and the test player is a player of its own.
+
+
+async def _open_session_with(
+    d: Deployment, headers: list[tuple[str, str]] | None = None, *, lang: str | None = None
+) -> httpx.Response:
+    sent = [*d.gateway(user=d.player).items(), *(headers or [])]
+    params = {"nick": "Certify", **({"lang": lang} if lang is not None else {})}
+    return await d.request("GET", "/bidpaw/open-session", headers=sent, params=params)
+
+
+async def bidpaw_player_headers(d: Deployment) -> None:
+    refused = [
+        ("X-User-Country", ""),
+        ("X-User-Country", "DEU"),
+        ("X-User-Country", "D1"),
+        ("X-User-Currency", ""),
+        ("X-User-Currency", "XXX"),
+        ("X-User-Currency", "BTC"),
+    ]
+    for name, value in refused:
+        expect_problem(await _open_session_with(d, [(name, value)]), 400, probe=f"{name}: {value!r}: ")
+    accepted = await _open_session_with(d, [("X-User-Country", "de"), ("X-User-Currency", "eur")])
+    expect_status(accepted, 200, "X-User-Country: de and X-User-Currency: eur (any case)")
+
+
+async def bidpaw_repeated_player_headers(d: Deployment) -> None:
+    for name, value in (("X-User-Country", "DE"), ("X-User-Currency", "EUR")):
+        refused = await _open_session_with(d, [(name, value), (name, value)])
+        expect_problem(refused, 400, probe=f"{name} twice: ")
+
+
+async def bidpaw_lang(d: Deployment) -> None:
+    for value in ("e", "en_US", "abcdefghi", "en us"):
+        expect_problem(await _open_session_with(d, lang=value), 400, probe=f"lang={value!r}: ")
+    expect_status(await _open_session_with(d, lang="pt-BR"), 200, "lang=pt-BR")
+
+
 # --- 5. operations ---------------------------------------------------------------------------
 
 
@@ -530,6 +570,25 @@ CHECKS: tuple[Check, ...] = (
         "bidpaw.bad_input",
         "open-session refuses bad input (400) and no gateway key (401)",
         bidpaw_bad_input,
+        bidpaw=True,
+    ),
+    Check(
+        "bidpaw.player_headers",
+        "open-session refuses an empty or malformed X-User-Country or X-User-Currency, and a currency "
+        "BidPaw does not support (400); accepts them in any case",
+        bidpaw_player_headers,
+        bidpaw=True,
+    ),
+    Check(
+        "bidpaw.repeated_player_headers",
+        "open-session refuses X-User-Country or X-User-Currency sent twice (400)",
+        bidpaw_repeated_player_headers,
+        bidpaw=True,
+    ),
+    Check(
+        "bidpaw.lang",
+        "open-session refuses a lang that is not 2 to 8 letters and hyphens (400); accepts pt-BR",
+        bidpaw_lang,
         bidpaw=True,
     ),
     Check("ops.healthz", "GET /healthz is 200", healthz),
