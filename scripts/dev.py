@@ -26,7 +26,7 @@ ROOT = Path(__file__).resolve().parent.parent
 TOOLS = ROOT / ".tools"
 VENV = ROOT / ".venv"
 UV_VERSION = "0.13.9"
-LOCAL_COMMANDS = ("serve", "migrate", "purge")
+LOCAL_COMMANDS = ("serve", "migrate", "purge", "reconcile", "wallet-report")
 
 
 def _uv() -> str:

@@ -168,3 +168,14 @@ async def database_default_isolation(
     await set_default(level)
     yield level
     await set_default(None)
+
+
+# Timings of real-process tests outside tests/deploy (the wallet's), shown in the run's summary.
+PROCESS_TIMINGS: list[str] = []
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if PROCESS_TIMINGS:
+        terminalreporter.section("process timings")
+        for line in PROCESS_TIMINGS:
+            terminalreporter.write_line(line)

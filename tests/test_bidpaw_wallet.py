@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 import respx
+import structlog
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -245,3 +246,89 @@ def test_operation_ids_differ_by_kind_and_never_collide() -> None:
     assert operation_id(Kind.REVERSE, "x") != operation_id(Kind.DEBIT, "x")
     assert operation_id(Kind.DEBIT, "x\x00reverse") != operation_id(Kind.REVERSE, "x")
     uuid.UUID(operation_id(Kind.CREDIT, "x"))
+
+
+class TestAnyInput:
+    @pytest.mark.parametrize(
+        "body",
+        [
+            b"\xff\xfe not utf-8",
+            b"[" * 20000 + b"]" * 20000,
+            b'{"method": "charge\\u0000"}',
+            b"[1, 2]",
+            b"null",
+            b'{"a": ' * 3000 + b"1" + b"}" * 3000,
+        ],
+    )
+    async def test_malformed_bodies_are_answered_in_bidpaws_shape(
+        self, wallet_client: httpx.AsyncClient, body: bytes
+    ) -> None:
+        response = await wallet_client.post("/bidpaw/wallet", content=body, headers={"sign": "0" * 64})
+        assert response.status_code == 200
+        assert response.json() == answer(6)
+
+    async def test_with_signatures_off_malformed_is_4_and_unsigned_goes_through(
+        self, make_client: ClientFactory, engine: AsyncEngine
+    ) -> None:
+        await open_bidpaw_session(engine)
+        client = await make_client(**wallet_settings(WALLET, bidpaw_callback_signature="off"))
+        with respx.mock:
+            respx.post(f"{WALLET}/debit").mock(return_value=ok())
+            unsigned = await client.post("/bidpaw/wallet", json=params())
+        malformed = await client.post("/bidpaw/wallet", content=b"\xff")
+        bad_query = await client.get("/bidpaw/wallet?method=%ff")
+        assert unsigned.json() == answer(0)
+        assert malformed.json() == answer(4)
+        assert bad_query.json() == answer(4)
+
+    async def test_without_a_callback_secret_every_callback_is_6(
+        self, make_client: ClientFactory, engine: AsyncEngine
+    ) -> None:
+        await open_bidpaw_session(engine)
+        client = await make_client(**wallet_settings(WALLET, bidpaw_callback_secret=""))
+        assert (await client.post("/bidpaw/wallet", **signed_post(params()))).json() == answer(6)
+
+    async def test_a_parameter_repeated_across_query_and_body_is_4(
+        self, wallet_client: httpx.AsyncClient
+    ) -> None:
+        values = params()
+        pairs = [("amount", "1"), *values.items()]  # the query's amount, then the body's
+        response = await wallet_client.post(
+            "/bidpaw/wallet",
+            params={"amount": "1"},
+            content=json.dumps(values),
+            headers={"sign": sign_params(pairs)},
+        )
+        assert response.json() == answer(4)
+
+    async def test_other_methods_are_405_and_large_bodies_413_problem_json(
+        self, wallet_client: httpx.AsyncClient
+    ) -> None:
+        put = await wallet_client.put("/bidpaw/wallet", content=b"{}")
+        large = await wallet_client.post("/bidpaw/wallet", content=b"{" + b" " * 70000 + b"}")
+        assert (put.status_code, put.headers["content-type"]) == (405, "application/problem+json")
+        assert (large.status_code, large.headers["content-type"]) == (413, "application/problem+json")
+
+    async def test_the_log_line_names_the_callback_and_no_secret(
+        self, wallet_client: httpx.AsyncClient
+    ) -> None:
+        values = params()
+        signed = signed_post(values)
+        with respx.mock, structlog.testing.capture_logs() as logs:
+            respx.post(f"{WALLET}/debit").mock(return_value=ok())
+            await wallet_client.post("/bidpaw/wallet", **signed)
+        [line] = [entry for entry in logs if entry["event"] == "bidpaw.wallet_callback"]
+        assert {
+            k: line[k] for k in ("method", "transaction_id", "amount", "currency", "error_code", "wallet")
+        } == {
+            "method": "charge",
+            "transaction_id": values["transactionId"],
+            "amount": 250,
+            "currency": "EUR",
+            "error_code": 0,
+            "wallet": "applied",
+        }
+        assert "duration_ms" in line
+        text = repr(logs)
+        for secret in (signed["headers"]["sign"], CALLBACK_SECRET, WALLET_SECRET):
+            assert secret not in text

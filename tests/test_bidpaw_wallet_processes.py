@@ -25,7 +25,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from tests.conftest import GATEWAY_HEADERS
+from tests.conftest import GATEWAY_HEADERS, PROCESS_TIMINGS
 from tests.processes import free_port, service_environment, wait_listening, wait_ready, wallet_sandbox
 from tests.system import require_programs
 from tests.wallet_helpers import (
@@ -47,6 +47,7 @@ WALLET_TIMEOUT = 1.5
 
 
 def note(line: str) -> None:
+    PROCESS_TIMINGS.append(f"[wallet] {line}")
     print(f"[wallet] {line}", file=sys.stderr)  # noqa: T201
 
 

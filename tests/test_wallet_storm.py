@@ -36,6 +36,7 @@ from sqlalchemy.ext.asyncio import create_async_engine
 
 from partner_gateway.embedded import embedded_postgres
 from partner_gateway.schema import upgrade
+from tests.conftest import PROCESS_TIMINGS
 from tests.processes import free_port, service_environment, wait_listening, wait_ready, wallet_sandbox
 from tests.wallet_helpers import GAME_ID, WALLET_SECRET, params, signed_post, wallet_environment
 
@@ -52,6 +53,7 @@ REFUSED_AFTER_ANSWER = "wallet.refused_after_answer"
 
 
 def log(line: str) -> None:
+    PROCESS_TIMINGS.append(f"[storm] {line}")
     print(f"[storm] {line}", file=sys.stderr)  # noqa: T201
 
 

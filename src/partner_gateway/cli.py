@@ -375,12 +375,27 @@ def reconcile(settings: Settings, *, local: bool, every: float | None) -> None:
 
     if local and settings.wallet_url is None:
         settings = settings.model_copy(update={"wallet_url": LOCAL_WALLET_URL})
+    if every is not None and not settings.wallet_configured:
+        # A deployment that does not use BidPaw's wallet runs the loop too (compose, Kubernetes):
+        # it says so once and waits, instead of restarting for ever.
+        logger.warning("reconcile.idle", reason="WALLET_URL and WALLET_SECRET are not set: nothing to do")
+        _wait_for_stop()
+        return
     _wallet_client(settings)  # a missing wallet setting is one line before anything starts
     with database(settings, local=local) as bound:
         url = bound.database_url
         assert url is not None
         with reported_failures(url):
             asyncio.run(run(url))
+
+
+def _wait_for_stop() -> None:
+    import threading
+
+    stopped = threading.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(signum, lambda *_: stopped.set())
+    stopped.wait()
 
 
 def wallet_report(settings: Settings, *, local: bool, start: str, end: str, format: str) -> None:

@@ -14,7 +14,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Protocol
 
-from prometheus_client import REGISTRY, CollectorRegistry, Counter, Histogram, Info, generate_latest
+from prometheus_client import REGISTRY, CollectorRegistry, Counter, Gauge, Histogram, Info, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
@@ -63,6 +63,22 @@ WALLET_STUCK = Counter(
     "partner_gateway_wallet_refused_after_answer",
     "Transactions the wallet refused after BidPaw was told otherwise: left for people.",
     ["method"],
+)
+# Read from the database at each scrape (ops.py): the same in every process.
+WALLET_OPEN = Gauge(
+    "partner_gateway_wallet_open_transactions",
+    "BidPaw wallet transactions not final yet (being answered, to reverse, to deliver).",
+    multiprocess_mode="mostrecent",
+)
+WALLET_OLDEST_OPEN_AGE = Gauge(
+    "partner_gateway_wallet_oldest_open_seconds",
+    "Age of the oldest BidPaw wallet transaction not final yet (0 when none).",
+    multiprocess_mode="mostrecent",
+)
+WALLET_STUCK_OPEN = Gauge(
+    "partner_gateway_wallet_stuck_transactions",
+    "Transactions the wallet refused after BidPaw was told they were done: for people.",
+    multiprocess_mode="mostrecent",
 )
 BUILD = Info("partner_gateway_build", "Version of the running service.")
 BUILD.info({"version": "0.1.0", "python": platform.python_version()})

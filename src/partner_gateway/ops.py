@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
+
+import asyncpg
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
 
 from partner_gateway import store
-from partner_gateway.db import DatabaseDep
+from partner_gateway.db import Database, DatabaseDep, utc_now
 from partner_gateway.errors import is_database_unavailable, problem
-from partner_gateway.metrics import exposition
+from partner_gateway.metrics import WALLET_OLDEST_OPEN_AGE, WALLET_OPEN, WALLET_STUCK_OPEN, exposition
 from partner_gateway.openapi import problem_responses
 from partner_gateway.schema import head_revision
 
@@ -83,6 +86,27 @@ def _missing_schema(exc: Exception) -> bool:
 
 @router.get("/metrics", response_class=Response, responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}})
 @router.head("/metrics", include_in_schema=False)
-async def metrics() -> Response:
-    """Prometheus text format: HTTP, BetLink auth outcomes, BidPaw calls, database pool, build."""
+async def metrics(db: DatabaseDep) -> Response:
+    """Prometheus text format: HTTP, BetLink auth outcomes, BidPaw calls and wallet callbacks, the
+    casino wallet's calls and open transactions, database pool, build."""
+    await _wallet_gauges(db)
     return Response(exposition(), media_type=CONTENT_TYPE_LATEST)
+
+
+WALLET_STATS_TIMEOUT_SECONDS = 1.0
+
+
+async def _wallet_gauges(db: Database) -> None:
+    """The open wallet transactions, read now; a database that does not answer at once leaves the
+    last values (and the scrape is not held up)."""
+    try:
+        async with asyncio.timeout(WALLET_STATS_TIMEOUT_SECONDS), db.statement() as conn:
+            stats = await store.open_wallet_stats(conn)
+    except Exception as exc:
+        if not is_database_unavailable(exc) and not isinstance(exc, asyncpg.UndefinedTableError):
+            raise
+        return
+    WALLET_OPEN.set(stats.open)
+    WALLET_STUCK_OPEN.set(stats.stuck)
+    oldest = 0.0 if stats.oldest is None else (utc_now() - stats.oldest).total_seconds()
+    WALLET_OLDEST_OPEN_AGE.set(max(oldest, 0.0))

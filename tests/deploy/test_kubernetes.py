@@ -16,7 +16,15 @@ MANIFESTS = ROOT / "deploy" / "kubernetes"
 # the library ships.
 VERSIONS = ["1.32.0", kubernetes_validate.latest_version()]
 DRAIN_SECONDS = UVICORN_OPTIONS["timeout_graceful_shutdown"]
-SECRET_NAMES = ("DATABASE_URL", "API_KEYS", "ENCRYPTION_KEY", "USER_ID_KEY", "SECRET_KEY", "PASSWORD")
+SECRET_NAMES = (
+    "DATABASE_URL",
+    "API_KEYS",
+    "ENCRYPTION_KEY",
+    "USER_ID_KEY",
+    "SECRET_KEY",
+    "PASSWORD",
+    "_SECRET",
+)
 
 
 def _resources() -> list[dict[str, Any]]:
@@ -127,3 +135,5 @@ class TestEveryPod:
         assert owner == "MIGRATE_DATABASE_URL"
         purge = _named("Deployment", "partner-gateway-purge")["spec"]["template"]["spec"]
         assert purge["containers"][0]["command"][:3] == ["partner-gateway", "purge", "--every"]
+        reconcile = _named("Deployment", "partner-gateway-reconcile")["spec"]["template"]["spec"]
+        assert reconcile["containers"][0]["command"][:3] == ["partner-gateway", "reconcile", "--every"]

@@ -30,6 +30,7 @@ from partner_gateway.bidpaw.endpoints import CURRENCIES
 from partner_gateway.bidpaw.signing import JsonValue, Pairs, callback_signatures
 from partner_gateway.config import Settings
 from partner_gateway.db import Database
+from partner_gateway.errors import BodyTooLarge
 from partner_gateway.logs import get_logger
 from partner_gateway.metrics import BIDPAW_CALLBACK_LATENCY, BIDPAW_CALLBACKS
 from partner_gateway.security import MAX_USER_ID_CHARS
@@ -308,6 +309,8 @@ async def wallet_callback(request: Request) -> JSONResponse:
         callback, answered, why = await _handle(request, clock)
     except Refused as refused:
         answered, why = Answered(refused.code), refused.why
+    except BodyTooLarge:
+        raise  # 413 problem+json, as on every route
     except Exception as exc:  # a bug must not become a 500; 9 is never final, so it is safe
         logger.error("bidpaw.wallet_callback_failed", error=type(exc).__name__, exc_info=exc)
         answered, why = Answered(Code.IN_PROGRESS), "unexpected error"
