@@ -200,7 +200,7 @@ def wallet_sessions(ctx: Context) -> list[tuple[str, str]]:
                 raise BenchError(f"/bidpaw/open-session answered {answer.status_code}: {answer.text[:200]}")
             ctx.bidpaw_sessions.append((user, session))
         if ctx.service_url not in ctx.wallet_checked:
-            for request in wallet_callbacks(ctx, count=WALLET_PLAYERS):
+            for request in charges(ctx, ctx.bidpaw_sessions, WALLET_PLAYERS):
                 _, path, body, sign, content_type = request.split("\t")
                 headers = dict(h.split(": ", 1) for h in (sign, content_type))
                 answer = client.post(path, content=body, headers=headers)
@@ -210,14 +210,17 @@ def wallet_sessions(ctx: Context) -> list[tuple[str, str]]:
     return ctx.bidpaw_sessions
 
 
-def wallet_callbacks(ctx: Context, count: int = 0) -> list[str]:
+def wallet_callbacks(ctx: Context) -> list[str]:
+    return charges(ctx, wallet_sessions(ctx), once_count(ctx))
+
+
+def charges(ctx: Context, players: list[tuple[str, str]], count: int) -> list[str]:
     """BidPaw's charge callbacks as BidPaw sends them (the eight parameters in its order, a JSON
     body, `sign` over it), 1 cent each, a fresh transactionId each, the players in turn."""
     from partner_gateway.bidpaw.signing import Pairs, callback_signatures
 
-    players = ctx.bidpaw_sessions if count else wallet_sessions(ctx)
     lines = []
-    for i in range(count or once_count(ctx)):
+    for i in range(count):
         user, session = players[i % len(players)]
         params: dict[str, Any] = {
             "method": "charge",
