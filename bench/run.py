@@ -176,6 +176,11 @@ SERVERS = {
         "/",
         lambda server: {"BIDPAW_API_URL": f"http://127.0.0.1:{server.port}"},
     ),
+    "wallet-sandbox": Kind(
+        lambda b, w: servers.wallet_sandbox(b.ctx.keys, workdir=b.workdir),
+        "/_sandbox/faults",
+        lambda server: {"WALLET_URL": f"http://127.0.0.1:{server.port}"},
+    ),
     "trivial": Kind(
         lambda b, w: servers.uvicorn_app("trivial_app", w, env={}, workdir=b.workdir), "/trivial"
     ),
@@ -197,6 +202,8 @@ def service_env(pg: servers.Postgres, keys: Keys, workdir: Path) -> dict[str, st
         "BIDPAW_CLIENT_ID": keys.bidpaw_client_id,
         "BIDPAW_SECRET_KEY": keys.bidpaw_secret,
         "BIDPAW_GAME_ID": GAME_ID,
+        "BIDPAW_CALLBACK_SECRET": keys.callback,
+        "WALLET_SECRET": keys.wallet,
     }
 
 
@@ -351,7 +358,13 @@ def main(argv: list[str]) -> int:
             pg = stack.enter_context(servers.embedded_postgres(workdir / "data"))
             overrides = dict(item.split("=", 1) for item in args.env)
             b = Bench(
-                args, workdir, pg, service_env(pg, keys, workdir), overrides, Context(keys, workdir), rows
+                args,
+                workdir,
+                pg,
+                service_env(pg, keys, workdir),
+                overrides,
+                Context(keys, workdir, args.seconds),
+                rows,
             )
             for name in (name for name in BEFORE if name in wanted):
                 BEFORE[name](b)
@@ -379,6 +392,7 @@ def main(argv: list[str]) -> int:
             "TARGETS",
             *report.targets(rows),
             *report.app_cpu(rows, max(args.clients)),
+            *report.beside(rows, "wallet", "session", max(args.clients)),
             *report.against(rows, "pgbouncer"),
         ]
     )

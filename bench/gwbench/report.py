@@ -114,6 +114,20 @@ def app_cpu(rows: list[Row], clients: int = 16) -> list[str]:
     ]
 
 
+def beside(rows: list[Row], scenario: str, other: str, clients: int) -> list[str]:
+    """The app CPU per request of `scenario` beside `other`'s, per worker count, at `clients`."""
+    lines = []
+    for w in sorted({r.workers for r in rows if r.workers}):
+        mine, theirs = _find(rows, scenario, clients, w), _find(rows, other, clients, w)
+        if mine and theirs and mine.units and theirs.units and theirs.app_ms:
+            lines.append(
+                f"[INFO] app CPU ms per request, {title(scenario)} beside {title(other)}, "
+                f"{clients} connection(s), {w}w: {mine.app_ms:.2f} vs {theirs.app_ms:.2f} "
+                f"({mine.app_ms / theirs.app_ms:.1f}x)"
+            )
+    return lines
+
+
 def against(rows: list[Row], via: str) -> list[str]:
     """CPU per unit (app + PostgreSQL) of the `scenario@via…` rows against the same scenario direct
     (pgbench's: against its `@simple` row, the same protocol straight to PostgreSQL)."""

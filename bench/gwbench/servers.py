@@ -49,6 +49,8 @@ class Keys:
     encryption: str
     bidpaw_client_id: str
     bidpaw_secret: str
+    callback: str  # BIDPAW_CALLBACK_SECRET: signs BidPaw's wallet callbacks
+    wallet: str  # WALLET_SECRET: signs our calls to the (sandbox) wallet
 
     @classmethod
     def generate(cls) -> Keys:
@@ -58,6 +60,8 @@ class Keys:
             encryption=base64.b64encode(secrets.token_bytes(32)).decode(),
             bidpaw_client_id="bench-casino",
             bidpaw_secret="bp-bench-" + secrets.token_urlsafe(16),
+            callback="cb-bench-" + secrets.token_urlsafe(16),
+            wallet="wl-bench-" + secrets.token_urlsafe(16),
         )
 
 
@@ -149,6 +153,13 @@ def bidpaw_sandbox(keys: Keys, *, workdir: Path) -> Server:
         "BIDPAW_SECRET_KEY": keys.bidpaw_secret,
     }
     return Server("bidpaw-sandbox", _cli("bidpaw-sandbox", "--port", "{port}"), env=env, workdir=workdir)
+
+
+def wallet_sandbox(keys: Keys, *, workdir: Path) -> Server:
+    """`partner-gateway wallet-sandbox`, no faults, with a balance no run spends."""
+    env = {**clean_environ(), "WALLET_SECRET": keys.wallet}
+    command = _cli("wallet-sandbox", "--port", "{port}", "--starting-balance", str(10**12))
+    return Server("wallet-sandbox", command, env=env, workdir=workdir)
 
 
 def uvicorn_app(factory: str, workers: int, *, env: Mapping[str, str], workdir: Path) -> Server:

@@ -123,5 +123,7 @@ def wrk_command(
     if not script.exists():
         script.write_text((LUA / "common.lua").read_text() + "\n" + (LUA / scenario.script).read_text())
     threads = clients if scenario.per_connection else min(clients, CPUS)
+    if scenario.split:  # each thread takes its own share of the requests (once.lua)
+        args = [*args, str(threads)]
     command = [wrk_path(), "-t", str(threads), "-c", str(clients), "-d", f"{max(1, round(seconds))}s"]
     return [*command, "--timeout", "10s", "-s", str(script), f"http://127.0.0.1:{port}/", "--", *args]
