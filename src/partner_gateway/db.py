@@ -473,7 +473,10 @@ class Database:
                 await raw.execute("COMMIT")
             reusable = True
         except Exception as exc:
-            self._after_server_lost(exc)
+            # A connection closed by our own deadline cut says nothing about the server (a slow
+            # statement, a long lock wait): it ends that connection only, and the warm ones stay.
+            if loop.time() < deadline:
+                self._after_server_lost(exc)
             reusable = not connection_broken(exc) and await self._rolled_back(raw)
             raise
         finally:

@@ -125,8 +125,8 @@ _SERVER_LOST_SQLSTATES = {"25006", "57P01", "57P02", "57P03"}
 def server_lost(exc: BaseException) -> bool:
     """True when no pooled connection to this server should be used again: the pool drops them
     all and its next connections look for the primary anew. A statement or lock timeout is not
-    that; a connection closed under a statement is (the server went away, or hung past its own
-    statement_timeout until the request's deadline cut the connection)."""
+    that; a connection closed under a statement is (the server went away). A connection the
+    request's own deadline cut is not judged here (`Database` ends that one connection only)."""
     if isinstance(exc, TimeoutError):  # an OSError too, but a wait that ran out: a busy pool, a slow server
         return False
     if isinstance(
