@@ -14,7 +14,8 @@ import pytest
 from partner_gateway.certify import report
 from partner_gateway.certify.checks import CHECKS, percentiles, success_fields
 from partner_gateway.certify.client import MASK, Secrets, describe, parse_response
-from partner_gateway.certify.runner import Cleanup, Result, Run
+from partner_gateway.certify import runner
+from partner_gateway.certify.runner import Cleanup, PacedTransport, Result, Run
 
 SENT = {"requestId": "5a7c3f1e-0000-4000-8000-000000000001", "userId": "u1", "operatorId": "op"}
 TOKEN = "T" * 43
@@ -169,3 +170,34 @@ class TestSkipped:
             "actual": None,
             "skipped": why,
         }
+
+
+class TestPacedTransport:
+    """certify runs from one address through the shipped nginx, whose per-address limit may say
+    429: the request never reached the service, so it is sent again after a pause (a check that
+    failed on a 429 once made the broken-proxy test of test_proxy.py flaky)."""
+
+    async def test_a_429_is_sent_again_and_the_service_answer_returned(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(runner, "RATE_LIMITED_PAUSE_SECONDS", 0.0)
+        statuses = iter([429, 429, 201])
+        seen: list[bytes] = []
+
+        def answer(request: httpx.Request) -> httpx.Response:
+            seen.append(request.content)
+            return httpx.Response(next(statuses))
+
+        transport = PacedTransport(httpx.MockTransport(answer))
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+            response = await client.post("/betlink/session", content=b"body")
+        assert response.status_code == 201
+        assert seen == [b"body"] * 3
+
+    async def test_a_limit_that_never_lifts_is_answered_as_it_is(
+        self, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr(runner, "RATE_LIMITED_PAUSE_SECONDS", 0.0)
+        transport = PacedTransport(httpx.MockTransport(lambda request: httpx.Response(429)))
+        async with httpx.AsyncClient(transport=transport, base_url="http://proxy") as client:
+            assert (await client.get("/healthz")).status_code == 429

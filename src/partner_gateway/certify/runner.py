@@ -22,6 +22,30 @@ from partner_gateway.certify.client import (
 from partner_gateway.certify.wallet_checks import WALLET_CHECKS
 
 CHECK_DEADLINE_SECONDS = 30.0  # on top of the longest TTL an expiry check waits out
+# A 429 comes from a rate limit in front (the service itself never answers one): the shipped
+# nginx limits each address on the public listener, and certify runs from one address. The
+# request never reached the service, so it is sent again after a pause, a few times.
+RATE_LIMITED_RETRIES = 6
+RATE_LIMITED_PAUSE_SECONDS = 0.5
+
+
+class PacedTransport(httpx.AsyncBaseTransport):
+    """httpx's transport, sending a request again when a proxy's rate limit answered 429."""
+
+    def __init__(self, inner: httpx.AsyncBaseTransport) -> None:
+        self._inner = inner
+
+    async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(1, RATE_LIMITED_RETRIES + 1):
+            response = await self._inner.handle_async_request(request)
+            if response.status_code != 429:
+                return response
+            await response.aclose()
+            await asyncio.sleep(RATE_LIMITED_PAUSE_SECONDS * attempt)
+        return await self._inner.handle_async_request(request)
+
+    async def aclose(self) -> None:
+        await self._inner.aclose()
 
 
 @dataclass(frozen=True)
@@ -71,11 +95,12 @@ async def certify(
 ) -> Run:
     """Every selected check in order against `url` (or the given client), then the unblock."""
     started, clock = datetime.now(UTC), time.perf_counter()
+    limits = httpx.Limits(max_connections=max(options.parallel_same_key, options.parallel_keys) + 8)
     client = http or httpx.AsyncClient(
         base_url=url,
         timeout=timeout,
         follow_redirects=False,
-        limits=httpx.Limits(max_connections=max(options.parallel_same_key, options.parallel_keys) + 8),
+        transport=PacedTransport(httpx.AsyncHTTPTransport(limits=limits)),
     )
     deployment = Deployment(client, gateway_key, betlink_key, options, Secrets([gateway_key, betlink_key]))
     checks = selected(options)
