@@ -11,10 +11,9 @@ from typing import Any
 import httpx
 import pytest
 
-from partner_gateway.certify import report
+from partner_gateway.certify import report, runner
 from partner_gateway.certify.checks import CHECKS, percentiles, success_fields
 from partner_gateway.certify.client import MASK, Secrets, describe, parse_response
-from partner_gateway.certify import runner
 from partner_gateway.certify.runner import Cleanup, PacedTransport, Result, Run
 
 SENT = {"requestId": "5a7c3f1e-0000-4000-8000-000000000001", "userId": "u1", "operatorId": "op"}
