@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import time
-import unicodedata
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl
@@ -30,10 +29,10 @@ from partner_gateway.bidpaw.endpoints import CURRENCIES
 from partner_gateway.bidpaw.signing import JsonValue, Pairs, callback_signatures
 from partner_gateway.config import Settings
 from partner_gateway.db import Database
-from partner_gateway.errors import BodyTooLarge
+from partner_gateway.errors import BadRequest, BodyTooLarge
 from partner_gateway.logs import get_logger
 from partner_gateway.metrics import BIDPAW_CALLBACK_LATENCY, BIDPAW_CALLBACKS
-from partner_gateway.security import MAX_USER_ID_CHARS
+from partner_gateway.security import check_user_id
 from partner_gateway.wallet.client import WalletClient
 from partner_gateway.wallet.transactions import Answered, Callback, Clock, Code, process
 
@@ -173,8 +172,10 @@ def _check_parameters(received: Received, settings: Settings, *, get: bool) -> C
     if method not in ("charge", "credit"):
         raise Refused(Code.INVALID_REQUEST, "method must be charge or credit")
     user_id = _string(params, "userId")
-    if not 1 <= len(user_id) <= MAX_USER_ID_CHARS or any(unicodedata.category(c) == "Cc" for c in user_id):
-        raise Refused(Code.INVALID_REQUEST, "userId malformed")
+    try:
+        check_user_id(user_id)  # the X-User-Id rules, as the contract says
+    except BadRequest:
+        raise Refused(Code.INVALID_REQUEST, "userId malformed") from None
     client_id, game_id = _string(params, "clientId"), _string(params, "gameId")
     if client_id != settings.bidpaw_client_id or game_id != settings.bidpaw_game_id:
         raise Refused(Code.INVALID_REQUEST, "clientId or gameId is not ours")
