@@ -24,7 +24,7 @@ from fastapi.routing import APIRoute, iter_route_contexts
 from pydantic import BaseModel, Field
 
 from partner_gateway.errors import AUTHENTICATE_PATH, PROBLEM_JSON
-from partner_gateway.security import gateway_caller, player_id
+from partner_gateway.security import RUNS_ITSELF, gateway_caller, player_id
 
 
 class Problem(BaseModel):
@@ -162,7 +162,8 @@ def describe(app: FastAPI) -> dict[str, Any]:
     routes = _routes_by_operation(app)
     for path, operations in spec["paths"].items():
         for method, operation in operations.items():
-            calls = _calls(routes[method, path].dependant)
+            route = routes[method, path]
+            calls = _calls(route.dependant) | RUNS_ITSELF.get(route.endpoint, frozenset())
             operation["summary"] = SUMMARIES.get((method, path), operation.get("summary", ""))
             _describe_headers(operation, path=path, method=method, calls=calls)
             _describe_responses(operation, path=path, betlink=(method, path) == ("post", AUTHENTICATE_PATH))

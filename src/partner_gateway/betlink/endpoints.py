@@ -21,19 +21,20 @@ from partner_gateway.betlink.schemas import (
     LaunchTokenResponse,
 )
 from partner_gateway.config import Settings
-from partner_gateway.db import Database, DatabaseDep, utc_now
+from partner_gateway.db import Database, utc_now
 from partner_gateway.errors import BadRequest, BetLinkError, ServiceError
 from partner_gateway.logs import get_logger
 from partner_gateway.metrics import BETLINK_AUTH
 from partner_gateway.openapi import problem_responses
 from partner_gateway.security import (
-    GatewayCaller,
-    PlayerId,
     Sealer,
-    SingleBetLinkHeaders,
-    SingleGatewayHeaders,
     UserIdCipher,
+    gateway_caller,
     match_key,
+    player_id,
+    runs_itself,
+    single_betlink_headers,
+    single_gateway_headers,
 )
 
 Body = TypeVar("Body", bound=BaseModel)
@@ -54,9 +55,10 @@ def _cipher(request: Request) -> UserIdCipher:
     return cipher
 
 
-# The two hot routes read the settings and the database from the app's state rather than through
-# dependencies, and build their answer's bytes themselves: FastAPI's dependency solving and
-# response-model serialization were a quarter of a /betlink/session request's CPU.
+# The three routes read the settings and the database from the app's state, await their checks
+# themselves (security.runs_itself) rather than declaring them as dependencies, and build their
+# answer's bytes themselves: FastAPI's dependency solving and response-model serialization were
+# a quarter of a /betlink/session request's CPU.
 def _settings(request: Request) -> Settings:
     settings: Settings = request.app.state.settings
     return settings
@@ -71,14 +73,18 @@ def _database(request: Request) -> Database:
     "/session",
     status_code=status.HTTP_201_CREATED,
     response_model=LaunchTokenResponse,
-    dependencies=[SingleGatewayHeaders],
     responses=problem_responses(400, 401, 403, 503),
 )
-async def create_launch_token(request: Request, caller: GatewayCaller, user_id: PlayerId) -> Response:
+@runs_itself(single_gateway_headers, gateway_caller, player_id)
+async def create_launch_token(request: Request) -> Response:
     """BetLink's Session endpoint: a new user session with a short-lived, single-use launch token.
 
-    Checks in order: gateway key (401), `X-User-Id` (400), player blocked (403).
+    Checks in order: headers sent more than once (401, 400), gateway key (401), `X-User-Id`
+    (400), player blocked (403).
     """
+    await single_gateway_headers(request)
+    await gateway_caller(request)
+    user_id = await player_id(request)
     settings = _settings(request)
     async with _database(request).statement() as conn:  # one statement: its own transaction
         issued = await service.issue_launch_token(
@@ -101,26 +107,32 @@ async def create_launch_token(request: Request, caller: GatewayCaller, user_id: 
     "/sessions/introspect",
     response_model=IntrospectResponse,
     response_model_exclude_none=True,
-    dependencies=[SingleGatewayHeaders],
     responses=problem_responses(400, 401, 413, 503),
     openapi_extra=_json_body(IntrospectRequest),
 )
-async def introspect(
-    request: Request, response: Response, caller: GatewayCaller, db: DatabaseDep
-) -> IntrospectResponse:
+@runs_itself(single_gateway_headers, gateway_caller)
+async def introspect(request: Request) -> Response:
     """For the operator's wallet: is the `sessionToken` BetLink presents on a bet live, and whose?
 
     Answers `{"active": false}` for an unknown, expired or revoked token or a blocked player.
     The gateway key is checked (401) before the body is read (400).
     """
+    await single_gateway_headers(request)
+    await gateway_caller(request)
     body = _parse(IntrospectRequest, await request.body(), error=BadRequest)
-    async with db.statement() as conn:
+    async with _database(request).statement() as conn:
         live = await service.introspect(conn, token=body.operator_session_token, now=utc_now())
-    response.headers["Cache-Control"] = "no-store"
-    if live is None:
-        return IntrospectResponse(active=False)
-    return IntrospectResponse(
-        active=True, user_id=live.user_id, session_expiry=service.epoch_ms(live.expires_at)
+    answer = (
+        IntrospectResponse(active=False)
+        if live is None
+        else IntrospectResponse(
+            active=True, user_id=live.user_id, session_expiry=service.epoch_ms(live.expires_at)
+        )
+    )
+    return Response(
+        answer.model_dump_json(by_alias=True, exclude_none=True),
+        media_type="application/json",
+        headers=NO_STORE,
     )
 
 
@@ -131,7 +143,6 @@ def _failure(description: str) -> dict[str, Any]:
 @router.post(
     "/authenticate",
     response_model=AuthenticateResponse,
-    dependencies=[SingleBetLinkHeaders],
     responses={
         400: _failure("MISSING_PARAMETER, INVALID_USER or USER_BLOCKED"),
         401: _failure("INVALID_SESSION"),
@@ -141,6 +152,7 @@ def _failure(description: str) -> dict[str, Any]:
     },
     openapi_extra=_json_body(AuthenticateRequest),
 )
+@runs_itself(single_betlink_headers)
 async def authenticate(request: Request) -> Response:
     """BetLink's Auth endpoint: exchange a launch token for a 30-minute operatorSessionToken.
 
@@ -151,6 +163,7 @@ async def authenticate(request: Request) -> Response:
     USER_BLOCKED); token expired, revoked or used (401 INVALID_SESSION); database too slow (503
     REQUEST_TIMED_OUT). Errors use BetLink's shape.
     """
+    await single_betlink_headers(request)
     settings = _settings(request)
     headers = request.headers  # read here, not as parameters (see _settings); duplicates refused
     if match_key(headers.get("x-api-key"), settings.betlink_api_keys) is None:
