@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import importlib
 from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
@@ -374,3 +376,35 @@ class TestBidPawsMessage:
         with pytest.raises(BidPawBadGateway) as raised:
             await bidpaw(http).open_session(user_id="42", nick=None)
         assert (raised.value.outcome, raised.value.bidpaw_message) == (Outcome.SERVER_ERROR, None)
+
+
+async def _answer_200s(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """A keep-alive HTTP/1.1 server's loop: 200 with no body to every request head."""
+    while (await reader.readuntil(b"\r\n\r\n")).startswith(b"GET"):
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+
+
+class TestCost:
+    async def test_httpcore_finds_sniffio_once_instead_of_searching_for_it_on_every_request(self) -> None:
+        """httpcore runs `import sniffio` for each request it sends. Without the package that
+        import fails after a search of sys.path, every time: a quarter of open-session's CPU."""
+        calls = 0
+        original = importlib._bootstrap._find_and_load  # type: ignore[attr-defined]
+
+        def counting(name: str, import_: Any) -> Any:
+            nonlocal calls
+            calls += 1
+            return original(name, import_)
+
+        server = await asyncio.start_server(_answer_200s, "127.0.0.1", 0)
+        url = f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/"
+        async with server, httpx.AsyncClient() as client:
+            await client.get(url)  # whatever loads once loads here
+            importlib._bootstrap._find_and_load = counting  # type: ignore[attr-defined]
+            try:
+                for _ in range(5):
+                    assert (await client.get(url)).status_code == 200
+            finally:
+                importlib._bootstrap._find_and_load = original  # type: ignore[attr-defined]
+        assert calls == 0
