@@ -5,6 +5,7 @@
     python3 scripts/dev.py test [pytest args]            run the whole test suite
     python3 scripts/dev.py lint                          ruff + mypy --strict
     python3 scripts/dev.py bench [args]                  the benchmark (see bench/README section)
+    python3 scripts/dev.py bench-instructions [args]     instructions per BetLink request (valgrind)
     python3 scripts/dev.py <any partner-gateway command> e.g. migrate, purge, bidpaw-sandbox, certify
 
 The first run installs uv into .tools/ (from PyPI) unless uv is already on PATH, then creates
@@ -96,6 +97,8 @@ def main(argv: list[str]) -> int:
         return max(_run(*check) for check in checks)
     if command == "bench":
         _exec(str(bin_dir / "python"), str(ROOT / "bench" / "run.py"), *rest)
+    if command == "bench-instructions":
+        _exec(str(bin_dir / "python"), str(ROOT / "bench" / "instructions.py"), *rest)
     if command in LOCAL_COMMANDS and "--local" not in rest and not _database_configured():
         rest = ["--local", *rest]  # the development machine: an embedded PostgreSQL, asked for
     _exec(str(bin_dir / "partner-gateway"), command, *rest)

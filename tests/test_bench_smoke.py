@@ -42,3 +42,16 @@ def test_one_second_of_session_pair_and_wallet_through_wrk(tmp_path: Path) -> No
     # The floor was not run, so its targets were not measured: --check fails the run with 3.
     assert done.returncode == 3, done.stderr[-2000:]
     assert "bench --check: target missed: /betlink/session ≥ 70 % of the floor's rate" in done.stderr
+
+
+def test_bench_instructions_drives_every_betlink_route_in_process() -> None:
+    """bench/instructions.py's --cpu mode, 20 requests each: the in-process driver still speaks to
+    today's routes (valgrind's runs use the same driver, only slower)."""
+    started = time.monotonic()
+    command = [sys.executable, str(ROOT / "bench" / "instructions.py"), "--cpu", "--requests", "20"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=240, check=False)
+    print(f"[bench] instructions --cpu: {time.monotonic() - started:.1f} s", file=sys.stderr)  # noqa: T201
+    assert done.returncode == 0, done.stderr[-3000:]
+    for scenario in ("session", "introspect", "replay", "authenticate"):
+        line = next(line for line in done.stdout.splitlines() if line.startswith(scenario + " "))
+        assert float(line.split()[-1]) > 0, line
