@@ -25,7 +25,6 @@ from partner_gateway.cli import UVICORN_OPTIONS
 from partner_gateway.config import Settings, file_settings
 from tests.conftest import (
     BETLINK_KEY,
-    ENCRYPTION_KEY,
     GATEWAY_HEADERS,
     GATEWAY_KEY,
     OPERATOR_ID,
@@ -40,6 +39,11 @@ pytestmark = pytest.mark.slow
 
 COMPOSE_FILE = ROOT / "docker-compose.yml"
 PROJECT = f"pgw-compose-{os.getpid()}"  # concurrent runs on one machine stay apart
+# What the compose file interpolates: where the secrets are, a port, images. Never a secret.
+COMPOSE_VARIABLES = {"SECRETS_DIR", "APP_PORT", "GATEWAY_IMAGE", "POSTGRES_IMAGE", "PYTHON_IMAGE", "UV_IMAGE"}
+SECRET_SETTINGS = {name.upper() for name in file_settings(Settings)}
+# The keys of the Kubernetes Secret (deploy/kubernetes), plus the superuser's password.
+SECRET_FILES = SECRET_SETTINGS | {"MIGRATE_DATABASE_URL", "POSTGRES_PASSWORD"}
 
 
 def _compose_binary() -> str:
@@ -94,27 +98,40 @@ def api_socket() -> Iterator[Path]:
         socket.unlink(missing_ok=True)
 
 
+def _readme_secrets_block() -> str:
+    readme = (ROOT / "README.md").read_text()
+    part = readme[
+        readme.index("<!-- compose-secrets: start -->") : readme.index("<!-- compose-secrets: end -->")
+    ]
+    blocks = re.findall(r"```sh\n(.*?)```", part, re.DOTALL)
+    assert len(blocks) == 1
+    return str(blocks[0])
+
+
 def _secrets(directory: Path) -> dict[str, str]:
-    """The secrets directory an operator makes (README, "Deployment"): one file per secret, 0444
-    in a 0700 directory. Returns what the files hold."""
-    owner, app = "owner-" + uuid.uuid4().hex, "app-" + uuid.uuid4().hex
-    values = {
-        "POSTGRES_PASSWORD": "superuser-" + uuid.uuid4().hex,
-        "MIGRATE_DATABASE_URL": f"postgresql+asyncpg://gateway:{owner}@postgres:5432/gateway",
-        "DATABASE_URL": f"postgresql+asyncpg://gateway_app:{app}@postgres:5432/gateway",
+    """The secrets directory made by README's lines (*Compose's secrets*), in `directory`; then
+    the keys these tests call with, and values for the secrets the README leaves empty, so that
+    the leak checks look for them too. Returns what the files hold."""
+    subprocess.run(
+        ["sh", "-eu"], input=_readme_secrets_block(), cwd=directory, text=True, check=True, timeout=60
+    )
+    made = directory / "secrets"
+    assert made.stat().st_mode & 0o777 == 0o700
+    chosen = {
         "GATEWAY_API_KEYS": GATEWAY_KEY,
         "BETLINK_API_KEYS": BETLINK_KEY,
-        "DATA_ENCRYPTION_KEY": ENCRYPTION_KEY,
-        "BETLINK_USER_ID_KEY": "",  # unused: an empty file
         "BIDPAW_SECRET_KEY": "bidpaw-secret-" + uuid.uuid4().hex,
         "BIDPAW_CALLBACK_SECRET": "callback-secret-" + uuid.uuid4().hex,
         "WALLET_SECRET": "wallet-secret-" + uuid.uuid4().hex,
     }
-    directory.mkdir(mode=0o700)
-    for name, value in values.items():
-        (directory / name).write_text(value + "\n")
-        (directory / name).chmod(0o444)
-    return values
+    for name, value in chosen.items():
+        (made / name).chmod(0o644)
+        (made / name).write_text(value + "\n")
+        (made / name).chmod(0o444)
+    files = sorted(made.iterdir())
+    assert {path.name for path in files} == SECRET_FILES
+    assert {path.stat().st_mode & 0o777 for path in files} == {0o444}
+    return {path.name: path.read_text().removesuffix("\n") for path in files}
 
 
 def _env_file(directory: Path, port: int, secrets: Path) -> Path:
@@ -155,7 +172,7 @@ def compose_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def secrets(compose_dir: Path) -> dict[str, str]:
-    return _secrets(compose_dir / "secrets")
+    return _secrets(compose_dir)
 
 
 @pytest.fixture(scope="module")
@@ -202,13 +219,6 @@ def _ready(url: str) -> bool:
         return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
     except httpx.TransportError:
         return False
-
-
-# What the compose file interpolates: where the secrets are, a port, images. Never a secret.
-COMPOSE_VARIABLES = {"SECRETS_DIR", "APP_PORT", "GATEWAY_IMAGE", "POSTGRES_IMAGE", "PYTHON_IMAGE", "UV_IMAGE"}
-SECRET_SETTINGS = {name.upper() for name in file_settings(Settings)}
-# The keys of the Kubernetes Secret (deploy/kubernetes), plus the superuser's password.
-SECRET_FILES = SECRET_SETTINGS | {"MIGRATE_DATABASE_URL", "POSTGRES_PASSWORD"}
 
 
 def _mounted(service: dict[str, object]) -> set[str]:
