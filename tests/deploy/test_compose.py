@@ -288,6 +288,78 @@ class TestComposeFile:
         assert int(app["stop_grace_period"].removesuffix("s")) > UVICORN_OPTIONS["timeout_graceful_shutdown"]
 
 
+FIRST_START = ROOT / "deploy" / "postgres" / "10-app-role.sh"
+
+
+def _first_start(directory: Path, owner_url: str, app_url: str) -> subprocess.CompletedProcess[str]:
+    """10-app-role.sh with its two URL files and a `psql` that prints its arguments."""
+    (directory / "bin").mkdir()
+    (directory / "bin" / "psql").write_text('#!/bin/sh\nprintf "%s\\n" "$@"\ncat > /dev/null\n')
+    (directory / "bin" / "psql").chmod(0o755)
+    (directory / "owner").write_text(owner_url + "\n")
+    (directory / "app").write_text(app_url + "\n")
+    environment = {
+        "PATH": f"{directory / 'bin'}:/usr/bin:/bin",
+        "POSTGRES_USER": "postgres",
+        "POSTGRES_DB": "gateway",
+        "MIGRATE_DATABASE_URL_FILE": str(directory / "owner"),
+        "DATABASE_URL_FILE": str(directory / "app"),
+    }
+    command = ["sh", str(FIRST_START)]
+    return subprocess.run(command, env=environment, capture_output=True, text=True, timeout=30)
+
+
+class TestFirstStartScript:
+    """deploy/postgres/10-app-role.sh takes each role's name and password from its URL."""
+
+    def test_creates_each_role_with_the_user_and_password_of_its_url(self, tmp_path: Path) -> None:
+        owner = "postgresql+asyncpg://gateway:Owner.pw~1-x@postgres:5432/gateway"
+        app = "postgresql+asyncpg://gateway_app:app_pw@db1:5432,db2:5432/gateway?target_session_attrs=read-write"
+        result = _first_start(tmp_path, owner, app)
+        assert result.returncode == 0, result.stderr
+        arguments = result.stdout.splitlines()
+        for given in (
+            "owner=gateway",
+            "owner_password=Owner.pw~1-x",
+            "app_role=gateway_app",
+            "app_password=app_pw",
+        ):
+            assert given in arguments
+        assert 'SET ROLE "gateway"' in arguments
+
+    @pytest.mark.parametrize(
+        ("owner", "app", "refusal"),
+        [
+            (
+                "postgresql+asyncpg://gateway@h/gateway",
+                "postgresql+asyncpg://a:pw@h/g",
+                "owner: no user:password@",
+            ),
+            (
+                "postgresql+asyncpg://gateway:p%40ss@h/g",
+                "postgresql+asyncpg://a:pw@h/g",
+                "owner: the password must",
+            ),
+            (
+                "postgresql+asyncpg://gateway:@h/g",
+                "postgresql+asyncpg://a:pw@h/g",
+                "owner: the password must",
+            ),
+            ("postgresql+asyncpg://gateway:pw@h/g", 'postgresql+asyncpg://a"b:pw@h/g', "app: the user must"),
+            ("postgresql+asyncpg://gateway:pw@h/g", "postgresql+asyncpg://gateway:pw2@h/g", "name one role"),
+        ],
+    )
+    def test_refuses_what_it_cannot_use_without_printing_a_password(
+        self, tmp_path: Path, owner: str, app: str, refusal: str
+    ) -> None:
+        result = _first_start(tmp_path, owner, app)
+        assert result.returncode != 0
+        assert result.stdout == ""  # psql never ran
+        assert refusal in result.stderr
+        passwords = [url.split("://")[1].split("@")[0].partition(":")[2] for url in (owner, app)]
+        assert [word for word in passwords if word and word in result.stderr] == []
+
+
 class TestComposeUp:
     def test_migrate_ran_as_owner_and_the_app_connects_as_the_row_only_role(
         self, project: tuple[Compose, str]
