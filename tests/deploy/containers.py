@@ -33,7 +33,9 @@ PYTHON_IMAGE = "docker.io/library/python:3.12-slim"
 UV_IMAGE = "ghcr.io/astral-sh/uv:0.13.9"
 POSTGRES_IMAGE = "docker.io/library/postgres:18"
 PYTHON_STANDIN = "localhost/standin/python:bookworm"
-POSTGRES_STANDIN = "localhost/standin/postgres:15-bookworm"
+# Tagged by its entrypoint: a changed entrypoint builds a new stand-in.
+_ENTRYPOINT_HASH = hashlib.sha256((STANDIN / "postgres-entrypoint.sh").read_bytes()).hexdigest()[:10]
+POSTGRES_STANDIN = f"localhost/standin/postgres:15-bookworm-{_ENTRYPOINT_HASH}"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
 # Each line works around a limit of this kind of machine (ENGINEERING-NOTES: podman).

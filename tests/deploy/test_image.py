@@ -84,20 +84,26 @@ def image() -> str:
 
 
 @pytest.fixture(scope="module")
-def database() -> Iterator[Database]:
+def database(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Database]:
     started = time.monotonic()
     db = Database(free_port())
+    # deploy/postgres/10-app-role.sh creates both roles from their URLs, read from files.
+    secrets = tmp_path_factory.mktemp("secrets")
+    urls = {"MIGRATE_DATABASE_URL": db.owner_url, "DATABASE_URL": db.app_url}
+    for name, url in urls.items():
+        (secrets / name).write_text(url + "\n")
+        (secrets / name).chmod(0o444)
     environment = {
         "POSTGRES_USER": "postgres",  # the superuser sets up the owner `gateway`, no superuser
         "POSTGRES_PASSWORD": "superuser-" + uuid.uuid4().hex,
         "POSTGRES_DB": "gateway",
-        "OWNER_DB_PASSWORD": OWNER_PASSWORD,
-        "APP_DB_PASSWORD": APP_PASSWORD,
+        **{f"{name}_FILE": f"/run/secrets/{name}" for name in urls},
     }
     with container(
         f"pg-deploy-test-{db.port}",
         "--network=host",
         *(f"--env={name}={value}" for name, value in environment.items()),
+        *(f"--volume={secrets / name}:/run/secrets/{name}:ro" for name in urls),
         f"--volume={ROOT / 'deploy' / 'postgres'}:/docker-entrypoint-initdb.d:ro",
         containers.postgres_image(),
         *("postgres", "-p", str(db.port), "-c", "listen_addresses=127.0.0.1"),

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Stand-in for the official postgres image's entrypoint, for machines that reach no container
-# registry. Same contract: POSTGRES_USER / POSTGRES_PASSWORD / POSTGRES_DB, the scripts in
+# registry. Same contract: POSTGRES_USER / POSTGRES_PASSWORD (or POSTGRES_PASSWORD_FILE, a file
+# holding it) / POSTGRES_DB, the scripts in
 # /docker-entrypoint-initdb.d run once on first start against a socket-only server, data under
 # /var/lib/postgresql, then the real server on every address with scram-sha-256 over TCP.
 set -eu
@@ -14,6 +15,10 @@ if [ "$(id -u)" = 0 ]; then
 fi
 [ "${1:-}" = postgres ] && shift
 if [ ! -s "$PGDATA/PG_VERSION" ]; then
+    if [ -n "${POSTGRES_PASSWORD_FILE:-}" ]; then
+        [ -z "${POSTGRES_PASSWORD:-}" ] || { echo "both POSTGRES_PASSWORD and POSTGRES_PASSWORD_FILE are set" >&2; exit 1; }
+        POSTGRES_PASSWORD="$(cat "$POSTGRES_PASSWORD_FILE")"  # not exported: no process inherits it
+    fi
     : "${POSTGRES_PASSWORD:?POSTGRES_PASSWORD must be set}"
     export POSTGRES_USER="${POSTGRES_USER:-postgres}"
     export POSTGRES_DB="${POSTGRES_DB:-$POSTGRES_USER}"
