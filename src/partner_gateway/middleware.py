@@ -79,13 +79,14 @@ class RequestContextMiddleware:
                 message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id.encode())]
             await send(message)
 
+        declared = _content_length(scope)
         try:
-            if self._declared_too_large(scope):
+            if self._declared_too_large(scope, declared):
                 # Refused before any route runs, whether or not it reads a body.
                 too_large = BodyTooLarge(self.max_body_bytes)
                 await problem(413, str(too_large.detail))(scope, receive, send_with_id)
             else:
-                await self.app(scope, self._limited(scope, receive), send_with_id)
+                await self.app(scope, self._limited(declared, receive), send_with_id)
         except ClientDisconnect:
             if status is not None:
                 raise
@@ -101,17 +102,15 @@ class RequestContextMiddleware:
             self._record(scope, status or 500, time.perf_counter() - started)
             structlog.contextvars.unbind_contextvars("request_id", "caller")
 
-    def _declared_too_large(self, scope: Scope) -> bool:
+    def _declared_too_large(self, scope: Scope, declared: int | None) -> bool:
         """A Content-Length over the limit, except on BetLink's Auth endpoint, which checks its
         key first and answers a body over the limit in BetLink's shape when it reads it."""
-        declared = _content_length(scope)
         if declared is None or declared <= self.max_body_bytes:
             return False
         return not (scope["path"] == AUTHENTICATE_PATH and scope["method"] == "POST")
 
-    def _limited(self, scope: Scope, receive: Receive) -> Receive:
+    def _limited(self, declared: int | None, receive: Receive) -> Receive:
         """A receive that refuses bodies over the limit, declared or streamed."""
-        declared = _content_length(scope)
         received = 0
 
         async def receive_limited() -> Message:
