@@ -12,8 +12,9 @@ import httpx
 import pytest
 
 from partner_gateway.certify import report, runner
-from partner_gateway.certify.checks import CHECKS, percentiles, success_fields
+from partner_gateway.certify.checks import CHECKS
 from partner_gateway.certify.client import MASK, Secrets, describe, parse_response
+from partner_gateway.certify.expectations import percentiles, success_fields
 from partner_gateway.certify.runner import Cleanup, PacedTransport, Result, Run
 
 SENT = {"requestId": "5a7c3f1e-0000-4000-8000-000000000001", "userId": "u1", "operatorId": "op"}

@@ -10,7 +10,7 @@ from datetime import UTC, datetime
 
 import httpx
 
-from partner_gateway.certify.checks import CHECKS, Check, Stats
+from partner_gateway.certify.checks import CHECKS
 from partner_gateway.certify.client import (
     Deployment,
     Failed,
@@ -19,6 +19,7 @@ from partner_gateway.certify.client import (
     Skipped,
     describe,
 )
+from partner_gateway.certify.expectations import Check, Stats
 from partner_gateway.certify.wallet_checks import WALLET_CHECKS
 
 CHECK_DEADLINE_SECONDS = 30.0  # on top of the longest TTL an expiry check waits out

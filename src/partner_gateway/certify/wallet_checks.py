@@ -34,8 +34,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import httpx
 
-from partner_gateway.certify.checks import Check, Stats, percentiles
 from partner_gateway.certify.client import BidpawWallet, Deployment, Failed, Skipped, describe, json_or_none
+from partner_gateway.certify.expectations import Check, Stats, percentiles
 
 CALLBACK_PATH = "/bidpaw/wallet"
 OPEN_SESSION_PATH = "/bidpaw/open-session"
