@@ -6,8 +6,9 @@ process executes (valgrind's cachegrind), or its CPU time, for each BetLink rout
 
 wrk's rates swing by a third between neighbouring runs on a shared 2-core machine; an instruction
 count moves by 0.1 % (one statement) to 2.5 % (authenticate's four round trips) between runs.
-Two versions of the code are compared by running this from a worktree of each. The app is driven through ASGI in its own process (no
-server, no load generator), 16 requests in flight, on an embedded PostgreSQL that is not counted.
+Two versions of the code are compared by running this from a worktree of each. The app is driven
+through ASGI in its own process (no server, no load generator), 16 requests in flight, on an
+embedded PostgreSQL that is not counted.
 Each scenario runs twice under cachegrind, with 300 and with 300 + N measured requests after the
 same set-up and warm-up; the difference over N is the cost of one request. `--cpu` measures the
 process's CPU time instead, with no valgrind (faster, noisier). Installs valgrind from Debian's
@@ -22,7 +23,6 @@ import json
 import os
 import random
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -39,16 +39,6 @@ IN_FLIGHT = 16
 OPERATOR = "bench-operator"
 
 Request = tuple[str, str, dict[str, str], bytes]
-
-
-def install_valgrind() -> None:
-    if shutil.which("valgrind") is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
-        subprocess.run([*apt, "update", "-qq"], check=True, env=env, timeout=300)
-        subprocess.run([*apt, "install", "-y", "-qq", "valgrind"], check=True, env=env, timeout=600)
-    if shutil.which("valgrind") is None:
-        raise SystemExit("bench-instructions: valgrind is missing: apt-get install valgrind")
 
 
 # ---- the child: one app, one scenario, driven through ASGI -------------------------------------
@@ -215,10 +205,11 @@ def main(argv: list[str]) -> int:
     chosen = args.scenarios.split(",")
     if unknown := set(chosen) - set(SCENARIOS):
         parser.error(f"unknown scenarios: {', '.join(sorted(unknown))}")
-    if not args.cpu:
-        install_valgrind()
     sys.path.insert(0, str(BENCH_DIR))
-    from gwbench import servers
+    from gwbench import debian, servers
+
+    if not args.cpu:
+        debian.ensure("valgrind", tool="bench-instructions")
 
     keys = servers.Keys.generate()
     with tempfile.TemporaryDirectory(prefix="gwbench-instructions-") as temp:

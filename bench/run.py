@@ -25,23 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import psutil
-from gwbench import pgbench, report, servers
+from gwbench import debian, pgbench, report, servers
 from gwbench.scenarios import GAME_ID, SCENARIOS, Context, Scenario
 from gwbench.servers import BenchError, Keys, Server
 from gwbench.wrk import CPUS, Row, measured, parse_wrk, wrk_command
 
 BENCH_DIR = Path(__file__).resolve().parent
 WARM_UP = 1.0  # seconds of the pair before measuring a service or floor (pool, statement caches)
-
-
-def install_wrk() -> None:
-    if shutil.which("wrk") is None and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        apt = ["apt-get", "-o", "DPkg::Lock::Timeout=300"]
-        subprocess.run([*apt, "update", "-qq"], check=True, env=env, timeout=300)
-        subprocess.run([*apt, "install", "-y", "-qq", "wrk"], check=True, env=env, timeout=600)
-    if shutil.which("wrk") is None:
-        raise SystemExit("bench: wrk is missing: apt-get install wrk")
 
 
 def log(message: str) -> None:
@@ -348,7 +338,7 @@ def main(argv: list[str]) -> int:
     if unknown := wanted - set(names(quick=False)) | ({args.profile} - {s.name for s in SCENARIOS} - {None}):
         raise SystemExit(f"bench: unknown scenario(s): {', '.join(sorted(map(str, unknown)))}")
     signal.signal(signal.SIGTERM, _interrupted)
-    install_wrk()
+    debian.ensure("wrk")
     keys, workdir = Keys.generate(), Path(tempfile.mkdtemp(prefix="gwbench-"))
     uptime = subprocess.run(["uptime"], capture_output=True, text=True, check=False).stdout.strip()
     started = time.monotonic()
