@@ -1,5 +1,6 @@
 """Retention: `partner-gateway purge [--every S]` deletes processed keys and sessions past their use,
-and BidPaw session records BIDPAW_SESSION_RETENTION past their last use."""
+and BidPaw session records BIDPAW_SESSION_RETENTION past their last use. `repeat` is the loop that
+`purge --every` and `reconcile --every` run in."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import contextlib
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from typing import Any, TypeVar
 
 from partner_gateway import store
 from partner_gateway.config import Settings
@@ -86,6 +88,36 @@ async def _drain(
 FIRST_BACKOFF_SECONDS = 1.0
 MAX_BACKOFF_SECONDS = 60.0
 
+T = TypeVar("T")
+
+
+async def repeat(
+    work: Callable[[], Awaitable[T]],
+    *,
+    every: float,
+    stop: asyncio.Event,
+    event: str,
+    report: Callable[[T], None],
+    log: Any,
+    on_failure: Callable[[BaseException], str],
+) -> None:
+    """`work` now and then every `every` seconds until `stop` is set, each result to `report`:
+    the loop of `purge --every` and `reconcile --every`. A database failure is one line on `log`
+    (`<event>.failed`, described by `on_failure`) and a retry with backoff."""
+    failures = 0
+    while not stop.is_set():
+        try:
+            result = await work()
+        except DATABASE_ERRORS as exc:
+            failures += 1
+            wait = min(every, MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** min(failures - 1, 16))
+            log.warning(f"{event}.failed", error=on_failure(exc), attempt=failures, retry_in_s=wait)
+        else:
+            failures, wait = 0, every
+            report(result)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), timeout=wait)
+
 
 async def purge_every(
     database: Database,
@@ -98,21 +130,18 @@ async def purge_every(
 ) -> None:
     """Purge now and then every `every` seconds until `stop` is set; database failures are
     logged (one line each, through `on_failure`'s description) and retried with backoff."""
-    failures = 0
-    while not stop.is_set():
-        try:
-            purged = await purge_expired(database, settings=settings, now=utc_now(), batch=batch, stop=stop)
-        except DATABASE_ERRORS as exc:
-            failures += 1
-            wait = min(every, MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** min(failures - 1, 16))
-            logger.warning("purge.failed", error=on_failure(exc), attempt=failures, retry_in_s=wait)
-        else:
-            failures, wait = 0, every
-            logger.info(
-                "purge.done",
-                keys=purged.keys,
-                sessions=purged.sessions,
-                bidpaw_sessions=purged.bidpaw_sessions,
-            )
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=wait)
+
+    def report(purged: Purged) -> None:
+        logger.info(
+            "purge.done", keys=purged.keys, sessions=purged.sessions, bidpaw_sessions=purged.bidpaw_sessions
+        )
+
+    await repeat(
+        lambda: purge_expired(database, settings=settings, now=utc_now(), batch=batch, stop=stop),
+        every=every,
+        stop=stop,
+        event="purge",
+        report=report,
+        log=logger,
+        on_failure=on_failure,
+    )

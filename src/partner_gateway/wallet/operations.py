@@ -9,7 +9,6 @@ BidPaw's statements.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import csv
 import io
 import json
@@ -17,15 +16,13 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 
 from partner_gateway import store
-from partner_gateway.db import DATABASE_ERRORS, Database
+from partner_gateway.db import Database
 from partner_gateway.logs import get_logger
+from partner_gateway.maintenance import repeat
 from partner_gateway.wallet.client import WalletClient
 from partner_gateway.wallet.transactions import Settled, reconcile
 
 logger = get_logger(__name__)
-
-FIRST_BACKOFF_SECONDS = 1.0
-MAX_BACKOFF_SECONDS = 60.0
 
 
 async def reconcile_every(
@@ -38,21 +35,17 @@ async def reconcile_every(
     on_failure: Callable[[BaseException], str] = repr,
 ) -> None:
     """Reconcile now and then every `every` seconds until `stop`; a database failure is one log
-    line and a retry with backoff. The wallet's failures need nothing here: its unknown answers
-    leave a transaction open for the next round."""
-    failures = 0
-    while not stop.is_set():
-        try:
-            tally = await reconcile(database, wallet, deadline_seconds=deadline_seconds, stop=stop)
-        except DATABASE_ERRORS as exc:
-            failures += 1
-            wait = min(every, MAX_BACKOFF_SECONDS, FIRST_BACKOFF_SECONDS * 2 ** min(failures - 1, 16))
-            logger.warning("reconcile.failed", error=on_failure(exc), attempt=failures, retry_in_s=wait)
-        else:
-            failures, wait = 0, every
-            log_tally(tally)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), timeout=wait)
+    line and a retry with backoff (maintenance.repeat, as `purge --every`). The wallet's failures
+    need nothing here: its unknown answers leave a transaction open for the next round."""
+    await repeat(
+        lambda: reconcile(database, wallet, deadline_seconds=deadline_seconds, stop=stop),
+        every=every,
+        stop=stop,
+        event="reconcile",
+        report=log_tally,
+        log=logger,
+        on_failure=on_failure,
+    )
 
 
 def log_tally(tally: Settled) -> None:
