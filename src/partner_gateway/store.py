@@ -419,8 +419,7 @@ _WALLET_TRANSACTION_BY_ID = Statement(
 
 
 @dataclass(frozen=True)
-class WalletTransaction:
-    id: int
+class NewWalletTransaction:
     partner: str
     transaction_id: str
     method: str
@@ -430,6 +429,13 @@ class WalletTransaction:
     amount: int
     currency: str
     fingerprint: bytes
+
+
+@dataclass(frozen=True)
+class WalletTransaction(NewWalletTransaction):
+    """A recorded transaction: what BidPaw sent, and where it is in its life."""
+
+    id: int
     state: str
     answer: int | None
     outcome: str | None
@@ -442,19 +448,6 @@ class WalletTransaction:
 
 def _wallet_transaction(row: Any) -> WalletTransaction:
     return WalletTransaction(**dict(row.items()))
-
-
-@dataclass(frozen=True)
-class NewWalletTransaction:
-    partner: str
-    transaction_id: str
-    method: str
-    user_id: str
-    session_id: str
-    game_id: str
-    amount: int
-    currency: str
-    fingerprint: bytes
 
 
 async def record_wallet_transaction(
