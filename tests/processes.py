@@ -7,7 +7,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
@@ -109,3 +109,13 @@ def served(database_url: str, *, workers: int = 1, **settings: str) -> Iterator[
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+@contextmanager
+def timed_with(note: Callable[[str], None], what: str) -> Iterator[None]:
+    """Time the block and hand `<what>: <seconds> s` to `note` (a real-process test's timing line)."""
+    started = time.monotonic()
+    try:
+        yield
+    finally:
+        note(f"{what}: {time.monotonic() - started:.2f} s")

@@ -7,15 +7,14 @@ processes; SIGTERM with callbacks in flight. Each test is bounded and prints its
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +25,14 @@ from sqlalchemy import text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from tests.conftest import GATEWAY_HEADERS, PROCESS_TIMINGS
-from tests.processes import free_port, service_environment, wait_listening, wait_ready, wallet_sandbox
+from tests.processes import (
+    free_port,
+    service_environment,
+    timed_with,
+    wait_listening,
+    wait_ready,
+    wallet_sandbox,
+)
 from tests.system import require_programs
 from tests.wallet_helpers import (
     WALLET_SECRET,
@@ -51,13 +57,8 @@ def note(line: str) -> None:
     print(f"[wallet] {line}", file=sys.stderr)  # noqa: T201
 
 
-@contextmanager
-def timed(what: str) -> Iterator[None]:
-    started = time.monotonic()
-    try:
-        yield
-    finally:
-        note(f"{what}: {time.monotonic() - started:.2f} s")
+# How long a block took: on stderr now, in the run's summary at the end.
+timed = functools.partial(timed_with, note)
 
 
 @dataclass

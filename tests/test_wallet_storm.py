@@ -14,6 +14,7 @@ runs, and every transaction is asked once more, as BidPaw would retry. The judge
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import random
@@ -22,8 +23,6 @@ import subprocess
 import sys
 import time
 from collections import Counter, defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,7 +36,14 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from partner_gateway.embedded import embedded_postgres
 from partner_gateway.schema import upgrade
 from tests.conftest import PROCESS_TIMINGS
-from tests.processes import free_port, service_environment, wait_listening, wait_ready, wallet_sandbox
+from tests.processes import (
+    free_port,
+    service_environment,
+    timed_with,
+    wait_listening,
+    wait_ready,
+    wallet_sandbox,
+)
 from tests.wallet_helpers import GAME_ID, WALLET_SECRET, params, signed_post, wallet_environment
 
 pytestmark = pytest.mark.slow
@@ -55,6 +61,10 @@ REFUSED_AFTER_ANSWER = "wallet.refused_after_answer"
 def log(line: str) -> None:
     PROCESS_TIMINGS.append(f"[storm] {line}")
     print(f"[storm] {line}", file=sys.stderr)  # noqa: T201
+
+
+# How long a block took: on stderr now, in the run's summary at the end.
+timed = functools.partial(timed_with, log)
 
 
 @dataclass
@@ -96,15 +106,6 @@ class Service:
                 self.proc.wait(timeout=20)
             except subprocess.TimeoutExpired:
                 self.proc.kill()
-
-
-@contextmanager
-def timed(what: str) -> Iterator[None]:
-    started = time.monotonic()
-    try:
-        yield
-    finally:
-        log(f"{what}: {time.monotonic() - started:.1f} s")
 
 
 def plan(rng: random.Random) -> list[Transaction]:

@@ -2,31 +2,25 @@
 
 from __future__ import annotations
 
+import functools
 import sys
-import time
 from collections import defaultdict
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import pytest
+
+from tests.processes import timed_with
 
 TIMINGS: list[str] = []
 _SPENT: defaultdict[str, float] = defaultdict(float)
 
 
-@contextmanager
-def timed(what: str) -> Iterator[None]:
-    """Record how long the block took: on stderr now, in the run's summary at the end."""
-    started = time.monotonic()
-    try:
-        yield
-    finally:
-        note(f"{what}: {time.monotonic() - started:.2f} s")
-
-
 def note(line: str) -> None:
     TIMINGS.append(line)
     print(f"[deploy] {line}", file=sys.stderr)  # noqa: T201
+
+
+# How long a block took: on stderr now, in the run's summary at the end.
+timed = functools.partial(timed_with, note)
 
 
 def pytest_runtest_logreport(report: pytest.TestReport) -> None:
