@@ -38,7 +38,8 @@ _ENTRYPOINT_HASH = hashlib.sha256((STANDIN / "postgres-entrypoint.sh").read_byte
 POSTGRES_STANDIN = f"localhost/standin/postgres:15-bookworm-{_ENTRYPOINT_HASH}"
 DEBIAN_MIRROR = "http://deb.debian.org/debian"
 
-# Each line works around a limit of this kind of machine (ENGINEERING-NOTES: podman).
+# Each line works around a limit of this kind of machine, which runs podman without systemd:
+# open-file and process limits, runc, cgroupfs, file-based events and netavark set explicitly.
 CONTAINERS_CONF = """\
 [containers]
 default_ulimits = ["nofile=20000:20000", "nproc=32768:32768"]
